@@ -1,0 +1,5 @@
+import sys
+
+from cxmind.cli import main
+
+sys.exit(main())

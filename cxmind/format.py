@@ -1,0 +1,322 @@
+"""The interleaved ``<think>…</think><answer>…</answer>`` format: parse, validate, render, instruct.
+
+A completion is one or more *rounds*; each round judges one option (closed questions) or one
+candidate finding (open questions) — see ``shared/specs/curl-vpr.md`` §1–2. This module is the
+single source of truth for the grammar: the rewards, the gold-trace builders and evaluation all
+parse through it, and the prompt instructions that teach the format live next to the parser.
+
+The parser is a single left-to-right pass over the tag positions (no backtracking regex), so it
+runs in linear time on arbitrary model output.
+
+>>> text = "<think>Option A: no.</think> <answer>A) ❌</answer><think>So B.</think><answer>B) ✅</answer>"
+>>> parsed = parse(text)
+>>> parsed.well_formed, len(parsed.rounds), option_letter(parsed.rounds[-1].answer)
+(True, 2, 'B')
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from cxmind.vocab import NO_FINDING, canonical
+
+__all__ = [
+    "ACCEPT",
+    "DEFAULT_LETTERS",
+    "REJECT",
+    "Parsed",
+    "Round",
+    "closed_instructions",
+    "findings_in",
+    "instructions",
+    "mark_of",
+    "option_letter",
+    "option_letters",
+    "open_instructions",
+    "parse",
+    "render",
+    "render_closed",
+    "render_open",
+]
+
+ACCEPT = "✅"
+REJECT = "❌"
+DEFAULT_LETTERS = "ABCDEFGH"
+TASK_TYPES = ("closed", "open")
+
+_TAG = re.compile(r"<(/?)(think|answer)>")
+
+
+@dataclass(frozen=True)
+class Round:
+    """One reasoning round: the think text and the answer text, both stripped."""
+
+    think: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """Rounds recovered from a completion, and every grammar violation met on the way.
+
+    Rounds are recovered leniently (a malformed completion still yields its complete
+    think/answer pairs) so that outcome rewards and evaluation can read them; ``errors``
+    says why the completion is not well formed.
+    """
+
+    rounds: tuple[Round, ...]
+    errors: tuple[str, ...]
+
+    @property
+    def well_formed(self) -> bool:
+        return not self.errors
+
+
+def parse(text: str) -> Parsed:
+    """Split ``text`` into rounds and list its violations of the interleaved grammar.
+
+    Well formed means: only rounds ``<think>T</think>`` + optional white space +
+    ``<answer>A</answer>``, separated by optional white space, with no tag inside T or A.
+
+    >>> parse("<think>a<think>b</think><answer>C</answer>").errors
+    ('nested <think> inside <think>',)
+    >>> parse("Sure! <think>t</think><answer>A</answer>").errors
+    ('text outside rounds',)
+    """
+    rounds: list[Round] = []
+    errors: list[str] = []
+    block: str | None = None  # "think" or "answer" while inside a block
+    block_start = 0
+    pending_think: str | None = None  # closed think waiting for its answer
+    pos = 0
+
+    def error(message: str) -> None:
+        if message not in errors:
+            errors.append(message)
+
+    for match in _TAG.finditer(text):
+        closing, name = match.group(1) == "/", match.group(2)
+        between = text[pos : match.start()]
+        pos = match.end()
+        if block is not None:
+            if closing and name == block:
+                content = text[block_start : match.start()].strip()
+                if block == "think":
+                    pending_think = content
+                else:
+                    if pending_think is None:
+                        error("<answer> without a preceding <think>")
+                    rounds.append(Round(pending_think or "", content))
+                    pending_think = None
+                block = None
+                continue
+            # A tag inside an open block: report it, drop the block, read an opening tag afresh.
+            error(f"nested <{'/' if closing else ''}{name}> inside <{block}>")
+            block = None
+            if closing:
+                continue
+        elif between.strip():
+            error("text between </think> and <answer>" if pending_think is not None else "text outside rounds")
+        if closing:
+            error(f"stray </{name}>")
+            continue
+        if name == "think" and pending_think is not None:
+            error("<think> without an <answer>")
+            pending_think = None
+        block, block_start = name, match.end()
+
+    if block is not None:
+        error(f"unclosed <{block}>")
+    elif text[pos:].strip():
+        error("text outside rounds")
+    if pending_think is not None and block is None:
+        error("<think> without an <answer>")
+    if not rounds and not errors:
+        error("no rounds")
+    return Parsed(tuple(rounds), tuple(errors))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading answers
+# ---------------------------------------------------------------------------------------------
+
+# A standalone label: uppercase letter, or lowercase letter directly followed by ")", optionally
+# wrapped as "(X)", then ")", ".", ":", white space or the end of the block.
+_LABEL = re.compile(r"(?<![A-Za-z0-9])\(?(?:([A-Z])|([a-z])(?=\)))\)?(?=[).:\s]|$)")
+
+
+def option_letter(answer: str, letters: Iterable[str] | None = None) -> str | None:
+    """The option letter an answer block names, or ``None``.
+
+    The first standalone label that is one of ``letters`` (A–H when the options are unknown).
+
+    >>> [option_letter(a) for a in ["C) ✅", "(b) Not matched", "Answer: D", "B. Lung Opacity", "No"]]
+    ['C', 'B', 'D', 'B', None]
+    >>> option_letter("X-ray shows"), option_letter("E) ❌", letters="ABCD")
+    (None, None)
+    """
+    allowed = set(letters) if letters is not None else set(DEFAULT_LETTERS)
+    for match in _LABEL.finditer(answer):
+        letter = (match.group(1) or match.group(2)).upper()
+        if letter in allowed:
+            return letter
+    return None
+
+
+def mark_of(answer: str) -> str | None:
+    """The verdict of an answer block: ``ACCEPT``, ``REJECT``, or ``None`` if neither or both."""
+    accept, reject = ACCEPT in answer, REJECT in answer
+    if accept == reject:
+        return None
+    return ACCEPT if accept else REJECT
+
+
+_LIST_SPLIT = re.compile(r"[,;\n]")
+
+
+def findings_in(answer: str) -> list[str]:
+    """Canonical finding names listed in an answer block, in order, without duplicates.
+
+    Items are separated by commas, semicolons or new lines; a leading "Differential
+    Diagnoses:", brackets and marks are ignored.
+
+    >>> findings_in("Differential Diagnoses: [effusion, Enlarged heart]")
+    ['Pleural Effusion', 'Cardiomegaly']
+    """
+    seen: dict[str, None] = {}
+    for item in _LIST_SPLIT.split(answer):
+        name = canonical(item)
+        if name:
+            seen.setdefault(name, None)
+    return list(seen)
+
+
+def option_letters(options: Sequence[str] | Mapping[str, str] | str | None) -> tuple[str, ...] | None:
+    """Letters of a question's options, from the dataset's ``options`` column.
+
+    Accepts a mapping ``{"A": "...", ...}``, a list of labelled options ``["A) ...", ...]`` or of bare
+    letters, a list of unlabelled texts (lettered A, B, ... in order), or one string with one
+    labelled option per line. Returns ``None`` when no options are given.
+
+    >>> option_letters(["A) Atelectasis", "B) Edema"]), option_letters({"A": "x", "C": "y"})
+    (('A', 'B'), ('A', 'C'))
+    >>> option_letters(["Atelectasis", "Edema", "Mass"])
+    ('A', 'B', 'C')
+    """
+    if options is None:
+        return None
+    if isinstance(options, Mapping):
+        items: list[str] = [str(k) for k in options]
+    elif isinstance(options, str):
+        items = [line for line in options.splitlines() if line.strip()]
+    else:
+        items = [str(o) for o in options]
+    if not items:
+        return None
+    letters = [_leading_label(item) for item in items]
+    if all(letters) and len(set(letters)) == len(letters):
+        return tuple(letters)  # type: ignore[arg-type]
+    if len(items) > len(DEFAULT_LETTERS):
+        raise ValueError(f"{len(items)} options given; at most {len(DEFAULT_LETTERS)} (A–H) are supported")
+    return tuple(DEFAULT_LETTERS[: len(items)])
+
+
+def _leading_label(item: str) -> str | None:
+    match = _LABEL.match(item.strip())
+    return (match.group(1) or match.group(2)).upper() if match else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------------
+
+
+def render(rounds: Iterable[Round | tuple[str, str]], sep: str = "\n") -> str:
+    """Write rounds back as text; ``parse(render(r)).rounds == r`` for tag-free contents."""
+    parts = []
+    for item in rounds:
+        think, answer = (item.think, item.answer) if isinstance(item, Round) else item
+        for part in (think, answer):
+            if _TAG.search(part):
+                raise ValueError(f"round text may not contain <think>/<answer> tags: {part[:80]!r}")
+        parts.append(f"<think>{think}</think> <answer>{answer}</answer>")
+    if not parts:
+        raise ValueError("a completion needs at least one round")
+    return sep.join(parts)
+
+
+def render_closed(judgements: Sequence[tuple[str, str, bool]], summary: str, answer_letter: str) -> str:
+    """A closed-ended trajectory: one ``(letter, think, accepted)`` round per option, then the summary.
+
+    >>> print(render_closed([("A", "No effusion.", False), ("B", "Heart is wide.", True)], "B fits.", "B"))
+    <think>No effusion.</think> <answer>A) ❌</answer>
+    <think>Heart is wide.</think> <answer>B) ✅</answer>
+    <think>B fits.</think> <answer>B) ✅</answer>
+    """
+    rounds = [Round(think, f"{letter}) {ACCEPT if ok else REJECT}") for letter, think, ok in judgements]
+    rounds.append(Round(summary, f"{answer_letter}) {ACCEPT}"))
+    return render(rounds)
+
+
+def render_open(
+    observation: str,
+    candidates: Sequence[tuple[str, str, bool]],
+    summary: str,
+) -> str:
+    """An open-ended trajectory: differential list, one ``(finding, think, present)`` round each, final list.
+
+    The final list holds the accepted findings, or "No Finding" when none is accepted.
+    """
+    names = [name for name, _, _ in candidates]
+    final = [name for name, _, ok in candidates if ok] or [NO_FINDING]
+    rounds = [Round(observation, f"Differential Diagnoses: [{', '.join(names)}]")]
+    rounds += [Round(think, f"{name} {ACCEPT if ok else REJECT}") for name, think, ok in candidates]
+    rounds.append(Round(summary, ", ".join(final)))
+    return render(rounds)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompt instructions (our wording; one source of truth for what the model is asked to write)
+# ---------------------------------------------------------------------------------------------
+
+_CLOSED_INSTRUCTIONS = (
+    "Reason step by step in rounds. For each option, in order, write one round: "
+    "<think>why the image supports or rules out this option</think> "
+    "<answer>the option letter followed by ✅ if it fits or ❌ if it does not, e.g. A) ❌</answer>. "
+    "Then write a final round: <think>a short summary of the evidence</think> "
+    "<answer>the letter of the single best option followed by ✅, e.g. C) ✅</answer>. "
+    "Write nothing outside the rounds."
+)
+
+_OPEN_INSTRUCTIONS = (
+    "Reason step by step in rounds. First: <think>what you observe on the image</think> "
+    "<answer>Differential Diagnoses: [candidate findings, separated by commas]</answer>. "
+    "Then one round per candidate, in the same order: <think>the evidence for or against it</think> "
+    "<answer>the finding followed by ✅ if present or ❌ if absent, e.g. Atelectasis ✅</answer>. "
+    "Finally: <think>a short summary</think> <answer>the present findings separated by commas, "
+    "or No Finding if none is present</answer>. Write nothing outside the rounds."
+)
+
+
+def closed_instructions(options: Sequence[str] | Mapping[str, str] | str | None = None) -> str:
+    """Instructions appended to a closed-ended question (multiple choice or yes/no as options)."""
+    letters = option_letters(options)
+    if letters:
+        return f"{_CLOSED_INSTRUCTIONS} The options are {', '.join(letters)}."
+    return _CLOSED_INSTRUCTIONS
+
+
+def open_instructions() -> str:
+    """Instructions appended to an open-ended diagnosis question."""
+    return _OPEN_INSTRUCTIONS
+
+
+def instructions(task_type: str, options: Sequence[str] | Mapping[str, str] | str | None = None) -> str:
+    """Format instructions for ``task_type`` ("closed" or "open")."""
+    if task_type == "closed":
+        return closed_instructions(options)
+    if task_type == "open":
+        return open_instructions()
+    raise ValueError(f"task_type must be one of {TASK_TYPES}, got {task_type!r}")

@@ -1,0 +1,183 @@
+"""The canonical chest X-ray finding vocabulary, shared by data builders, rewards and evaluation.
+
+One table maps every label spelling used by the public datasets (CheXpert, NIH ChestX-ray14,
+PadChest, VinDr-CXR, RSNA, SIIM) and common report wording onto one canonical name, so that
+"effusion", "Pleural_Thickening" and "enlarged heart" compare equal wherever they appear.
+
+>>> canonical("effusion")
+'Pleural Effusion'
+>>> canonical("Pleural_Thickening ✅")
+'Pleural Thickening'
+>>> canonical("Enlarged heart.")
+'Cardiomegaly'
+>>> canonical("Something Unheard Of")
+'something unheard of'
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from types import MappingProxyType
+
+__all__ = [
+    "CHEXPERT_14",
+    "FINDINGS",
+    "NIH_14",
+    "NO_FINDING",
+    "Finding",
+    "canonical",
+    "is_known",
+    "lookup_key",
+    "synonyms_of",
+]
+
+NO_FINDING = "No Finding"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A canonical finding, the datasets that label it, and the spellings that mean it."""
+
+    name: str
+    sources: tuple[str, ...]
+    synonyms: tuple[str, ...] = ()
+
+
+FINDINGS: tuple[Finding, ...] = (
+    # --- CheXpert 14 (the reference set for clinical-efficacy metrics) ---
+    Finding(NO_FINDING, ("chexpert", "nih", "vindr", "padchest"),
+            ("no findings", "normal", "no abnormality", "no abnormalities", "normal study", "unremarkable")),
+    Finding("Enlarged Cardiomediastinum", ("chexpert",),
+            ("widened mediastinum", "mediastinal widening", "enlarged mediastinum",
+             "enlarged cardiomediastinal silhouette", "widened cardiomediastinal silhouette")),
+    Finding("Cardiomegaly", ("chexpert", "nih", "vindr", "padchest"),
+            ("enlarged heart", "heart enlargement", "cardiac enlargement", "enlarged cardiac silhouette",
+             "enlarged heart size", "increased heart size", "cardiomegalia")),
+    Finding("Lung Opacity", ("chexpert", "vindr", "rsna"),
+            ("opacity", "opacities", "lung opacities", "pulmonary opacity", "pulmonary opacities",
+             "airspace opacity", "airspace opacities", "airspace disease")),
+    Finding("Lung Lesion", ("chexpert",), ("lesion", "lesions", "lung lesions", "pulmonary lesion")),
+    Finding("Edema", ("chexpert", "nih", "vindr"),
+            ("pulmonary edema", "oedema", "pulmonary oedema", "vascular congestion",
+             "pulmonary vascular congestion", "interstitial edema")),
+    Finding("Consolidation", ("chexpert", "nih", "vindr", "padchest"),
+            ("consolidations", "airspace consolidation", "lobar consolidation")),
+    Finding("Pneumonia", ("chexpert", "nih", "vindr", "padchest", "rsna"),
+            ("pneumonias", "bronchopneumonia", "pneumonic infiltrate")),
+    Finding("Atelectasis", ("chexpert", "nih", "vindr", "padchest"),
+            ("atelectases", "atelectatic changes", "laminar atelectasis", "plate atelectasis",
+             "subsegmental atelectasis", "lobar atelectasis", "lung collapse", "collapse")),
+    Finding("Pneumothorax", ("chexpert", "nih", "vindr", "padchest", "siim"), ("pneumothoraces", "ptx")),
+    Finding("Pleural Effusion", ("chexpert", "nih", "vindr", "padchest"),
+            ("effusion", "effusions", "pleural effusions", "pleural fluid", "hydrothorax")),
+    Finding("Pleural Other", ("chexpert",), ("other pleural abnormality",)),
+    Finding("Fracture", ("chexpert", "vindr", "padchest"),
+            ("fractures", "bone fracture", "rib fracture", "rib fractures", "clavicle fracture",
+             "clavicular fracture", "vertebral fracture")),
+    Finding("Support Devices", ("chexpert", "padchest"),
+            ("support device", "devices", "medical devices", "pacemaker", "endotracheal tube", "ett",
+             "central line", "central venous catheter", "picc line", "nasogastric tube", "ng tube",
+             "chest tube", "tracheostomy tube", "lines and tubes")),
+    # --- NIH ChestX-ray14 beyond CheXpert ---
+    Finding("Infiltration", ("nih", "vindr", "padchest"),
+            ("infiltrate", "infiltrates", "infiltrations", "pulmonary infiltrate", "pulmonary infiltrates")),
+    Finding("Mass", ("nih", "padchest"), ("masses", "lung mass", "pulmonary mass")),
+    Finding("Nodule", ("nih", "padchest"),
+            ("nodules", "lung nodule", "lung nodules", "pulmonary nodule", "pulmonary nodules")),
+    Finding("Emphysema", ("nih", "vindr", "padchest"), ("emphysematous changes",)),
+    Finding("Fibrosis", ("nih", "vindr", "padchest"),
+            ("pulmonary fibrosis", "fibrotic changes", "fibrotic band", "fibrotic bands")),
+    Finding("Pleural Thickening", ("nih", "vindr", "padchest"),
+            ("pleural thickenings", "apical pleural thickening", "pleural plaque", "pleural plaques")),
+    Finding("Hernia", ("nih", "padchest"), ("hiatal hernia", "hiatus hernia", "hernias")),
+    # --- VinDr-CXR local and global labels ---
+    Finding("Aortic Enlargement", ("vindr",), ("enlarged aorta", "dilated aorta", "aortic dilatation")),
+    Finding("Calcification", ("vindr", "padchest"), ("calcifications", "calcified")),
+    Finding("Enlarged Pulmonary Artery", ("vindr",), ("enlarged pa", "pulmonary artery enlargement")),
+    Finding("Interstitial Lung Disease", ("vindr",), ("ild",)),
+    Finding("Lung Cavity", ("vindr",), ("cavity", "cavitation", "cavitary lesion")),
+    Finding("Lung Cyst", ("vindr",), ("cyst", "pulmonary cyst")),
+    Finding("Mediastinal Shift", ("vindr",), ()),
+    Finding("Nodule/Mass", ("vindr",), ("nodule mass",)),
+    Finding("Other Lesion", ("vindr",), ()),
+    Finding("Lung Tumor", ("vindr",), ("lung tumour", "tumor", "tumour", "lung cancer")),
+    Finding("Tuberculosis", ("vindr", "padchest"), ("tb", "pulmonary tuberculosis")),
+    Finding("COPD", ("vindr", "padchest"), ("chronic obstructive pulmonary disease", "copd signs")),
+    # --- frequent PadChest labels ---
+    Finding("Aortic Elongation", ("padchest",), ("elongated aorta", "tortuous aorta")),
+    Finding("Aortic Atheromatosis", ("padchest",), ("aortic atherosclerosis",)),
+    Finding("Scoliosis", ("padchest",), ()),
+    Finding("Kyphosis", ("padchest",), ()),
+    Finding("Vertebral Degenerative Changes", ("padchest",), ("degenerative spine changes",)),
+    Finding("Hilar Enlargement", ("padchest",), ("enlarged hilum", "hilar prominence", "hilar enlargements")),
+    Finding("Interstitial Pattern", ("padchest",), ()),
+    Finding("Alveolar Pattern", ("padchest",), ()),
+    Finding("Costophrenic Angle Blunting", ("padchest",), ("blunted costophrenic angle",
+                                                           "costophrenic blunting")),
+    Finding("Air Trapping", ("padchest",), ()),
+    Finding("Granuloma", ("padchest",), ("granulomas", "calcified granuloma", "calcified granulomas")),
+    Finding("Bronchiectasis", ("padchest",), ()),
+)
+
+CHEXPERT_14: tuple[str, ...] = tuple(f.name for f in FINDINGS if "chexpert" in f.sources)
+NIH_14: tuple[str, ...] = (
+    "Atelectasis", "Cardiomegaly", "Pleural Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
+    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural Thickening", "Hernia",
+)
+
+_MARKS = "✅❌"
+_PREFIX = re.compile(r"^\s*differential\s+diagnos[ie]s\s*:\s*", re.IGNORECASE)
+# Brackets, quotes and marks around a name; trailing sentence punctuation.
+_EDGE_CHARS = "[](){}<>\"'`*" + _MARKS
+_TRAILING = ".,;:!?" + _EDGE_CHARS
+_SEPARATORS = re.compile(r"[\s_\-]+")
+
+
+def lookup_key(name: str) -> str:
+    """Normalised text of a name: prefix, marks, brackets and trailing punctuation stripped, lowercased.
+
+    >>> lookup_key("  [Pleural_Thickening ✅]. ")
+    'pleural thickening'
+    """
+    text = _PREFIX.sub("", name)
+    for mark in _MARKS:
+        text = text.replace(mark, " ")
+    text = text.strip().strip(_EDGE_CHARS).strip().rstrip(_TRAILING).strip()
+    return _SEPARATORS.sub(" ", text).casefold().strip()
+
+
+def _build_index() -> MappingProxyType[str, str]:
+    index: dict[str, str] = {}
+    for finding in FINDINGS:
+        for spelling in (finding.name, *finding.synonyms):
+            key = lookup_key(spelling)
+            if index.setdefault(key, finding.name) != finding.name:
+                raise ValueError(f"vocabulary spelling {spelling!r} maps to two findings")
+    return MappingProxyType(index)
+
+
+_INDEX = _build_index()
+
+
+def canonical(name: str) -> str:
+    """Canonical finding name for ``name``, or its normalised lowercase text when unknown."""
+    key = lookup_key(name)
+    found = _INDEX.get(key)
+    if found is None and key.endswith("s"):
+        found = _INDEX.get(key[:-1])  # simple plural ("nodules" without a listed plural)
+    return found if found is not None else key
+
+
+def is_known(name: str) -> bool:
+    """Whether ``name`` maps onto a finding of the vocabulary."""
+    return canonical(name) in _BY_NAME
+
+
+def synonyms_of(name: str) -> tuple[str, ...]:
+    """All known spellings of the finding ``name`` (canonical name first)."""
+    finding = _BY_NAME[canonical(name)]
+    return (finding.name, *finding.synonyms)
+
+
+_BY_NAME = MappingProxyType({f.name: f for f in FINDINGS})
