@@ -22,21 +22,35 @@ from rouge_score.rouge_scorer import RougeScorer
 from cxmind.format import render_closed, render_open
 from cxmind.rewards import scoring
 from cxmind.rewards.similarity import _stem, bleu_tokens, similarity
-from cxmind.vocab import CHEXPERT_14, NO_FINDING
+from cxmind.vocab import CHEXPERT_14
 
 PHRASES = [
-    "the cardiac silhouette is enlarged", "the cardiomediastinal silhouette is within normal limits",
-    "there is no focal consolidation", "the lungs are clear bilaterally", "there is blunting of the left "
-    "costophrenic angle", "a small right pleural effusion is present", "no pneumothorax is identified",
-    "there is patchy opacity in the right lower lobe", "the hilar contours are normal",
-    "degenerative changes are seen in the thoracic spine", "the pulmonary vasculature is not congested",
-    "there is mild interstitial prominence", "a nasogastric tube terminates in the stomach",
-    "linear opacities at the bases likely represent atelectasis", "the heart size is normal",
-    "the visualized osseous structures are intact", "no acute fracture is seen",
-    "there is volume loss in the left lower lobe", "the costophrenic angles are sharp",
-    "lung markings extend to the chest wall", "the trachea is midline", "there is elevation of the right "
-    "hemidiaphragm", "findings are consistent with pulmonary edema", "this favors infection",
-    "compared with the prior study the opacity has improved", "the cardiothoracic ratio exceeds one half",
+    "the cardiac silhouette is enlarged",
+    "the cardiomediastinal silhouette is within normal limits",
+    "there is no focal consolidation",
+    "the lungs are clear bilaterally",
+    "there is blunting of the left costophrenic angle",
+    "a small right pleural effusion is present",
+    "no pneumothorax is identified",
+    "there is patchy opacity in the right lower lobe",
+    "the hilar contours are normal",
+    "degenerative changes are seen in the thoracic spine",
+    "the pulmonary vasculature is not congested",
+    "there is mild interstitial prominence",
+    "a nasogastric tube terminates in the stomach",
+    "linear opacities at the bases likely represent atelectasis",
+    "the heart size is normal",
+    "the visualized osseous structures are intact",
+    "no acute fracture is seen",
+    "there is volume loss in the left lower lobe",
+    "the costophrenic angles are sharp",
+    "lung markings extend to the chest wall",
+    "the trachea is midline",
+    "there is elevation of the right hemidiaphragm",
+    "findings are consistent with pulmonary edema",
+    "this favors infection",
+    "compared with the prior study the opacity has improved",
+    "the cardiothoracic ratio exceeds one half",
 ]
 
 
@@ -61,10 +75,14 @@ def closed_pair(rng: random.Random) -> tuple[str, str, str]:
     letters = "ABCDEFGH"[:n]
     gold = rng.choice(letters)
     findings = rng.sample(CHEXPERT_14[1:], n)
-    judgements = [(x, think(rng, f"option {x} {f}"), x == gold) for x, f in zip(letters, findings, strict=True)]
+    judgements = [
+        (x, think(rng, f"option {x} {f}"), x == gold) for x, f in zip(letters, findings, strict=True)
+    ]
     solution = render_closed(judgements, think(rng, "the summary"), gold)
     answer = gold if rng.random() < 0.6 else rng.choice(letters)
-    sampled = [(x, perturb(rng, t), x == answer if rng.random() < 0.9 else x != answer) for x, t, _ in judgements]
+    sampled = [
+        (x, perturb(rng, t), x == answer if rng.random() < 0.9 else x != answer) for x, t, _ in judgements
+    ]
     return render_closed(sampled, perturb(rng, think(rng, "the summary")), answer), solution, "closed"
 
 
@@ -74,7 +92,9 @@ def open_pair(rng: random.Random) -> tuple[str, str, str]:
     judged = [(c, think(rng, c), p) for c, p in zip(candidates, present, strict=True)]
     solution = render_open(think(rng, "the image"), judged, think(rng, "the summary"))
     sampled = [(c, perturb(rng, t), p if rng.random() < 0.8 else not p) for c, t, p in judged]
-    completion = render_open(perturb(rng, think(rng, "the image")), sampled, perturb(rng, think(rng, "summary")))
+    completion = render_open(
+        perturb(rng, think(rng, "the image")), sampled, perturb(rng, think(rng, "summary"))
+    )
     return completion, solution, "open"
 
 
@@ -108,8 +128,10 @@ def main() -> None:
     items = batch(args.completions, args.seed)
     rounds = [c.count("<think>") for c, _, _ in items]
     words = [len(t.split()) for c, _, _ in items for t in c.split("<think>")[1:]]
-    print(f"batch: {len(items)} completions, rounds {min(rounds)}-{max(rounds)}, "
-          f"think words {min(words)}-{max(words)} (mean {statistics.mean(words):.0f})")
+    print(
+        f"batch: {len(items)} completions, rounds {min(rounds)}-{max(rounds)}, "
+        f"think words {min(words)}-{max(words)} (mean {statistics.mean(words):.0f})"
+    )
 
     base_times, base = [], None
     for _ in range(args.repeats):
@@ -119,13 +141,17 @@ def main() -> None:
     cold, ours = run(items, similarity)
     warm = min(run(items, similarity)[0] for _ in range(args.repeats))
 
-    diff = max(abs(getattr(a, f) - getattr(b, f)) for a, b in zip(ours, base, strict=True)
-               for f in ("format", "outcome", "think", "process"))
+    diff = max(
+        abs(getattr(a, f) - getattr(b, f))
+        for a, b in zip(ours, base, strict=True)
+        for f in ("format", "outcome", "think", "process")
+    )
     scored = sum(1 for s in ours if s.think > 0)
     base_time = min(base_times)
     print(f"completions with a think score: {scored}/{len(items)}")
     print(f"nltk+rouge_score: {base_time:.3f}s  cxmind cold cache: {cold:.3f}s  cxmind warm: {warm:.3f}s")
-    print(f"per completion: baseline {1e3 * base_time / len(items):.2f} ms, cxmind {1e3 * cold / len(items):.3f} ms")
+    n = len(items)
+    print(f"per completion: baseline {1e3 * base_time / n:.2f} ms, cxmind {1e3 * cold / n:.3f} ms")
     print(f"warm-cache speedup: {base_time / warm:.1f}x")
     print(f"speedup: {base_time / cold:.1f}x, max_abs_diff: {diff:.3g}")
 

@@ -32,9 +32,9 @@ __all__ = [
     "findings_in",
     "instructions",
     "mark_of",
+    "open_instructions",
     "option_letter",
     "option_letters",
-    "open_instructions",
     "parse",
     "render",
     "render_closed",
@@ -118,7 +118,9 @@ def parse(text: str) -> Parsed:
             if closing:
                 continue
         elif between.strip():
-            error("text between </think> and <answer>" if pending_think is not None else "text outside rounds")
+            error(
+                "text between </think> and <answer>" if pending_think is not None else "text outside rounds"
+            )
         if closing:
             error(f"stray </{name}>")
             continue

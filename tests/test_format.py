@@ -21,7 +21,8 @@ CLOSED = (
     "<think>Option A suggests effusion; the bases are sharp, ruled out.</think> <answer>A) ❌</answer>\n"
     "<think>Option B suggests pneumothorax; lung markings reach the wall.</think> <answer>B) ❌</answer>\n"
     "<think>Option C suggests cardiomegaly; the heart is wide.</think> <answer>C) ✅</answer>\n"
-    "<think>Summary: the heart shadow is enlarged. Option C is most consistent.</think> <answer>C) ✅</answer>"
+    "<think>Summary: the heart shadow is enlarged. Option C is most consistent.</think> "
+    "<answer>C) ✅</answer>"
 )
 OPEN = (
     "<think>global observation of a wide heart and hazy bases</think> "
@@ -163,7 +164,12 @@ def test_render_closed_and_open_build_spec_shaped_trajectories():
 
     open_ = render_open("obs", [("Atelectasis", "vol loss", True), ("Edema", "no", False)], "done")
     answers = [r.answer for r in parse(open_).rounds]
-    assert answers == ["Differential Diagnoses: [Atelectasis, Edema]", "Atelectasis ✅", "Edema ❌", "Atelectasis"]
+    assert answers == [
+        "Differential Diagnoses: [Atelectasis, Edema]",
+        "Atelectasis ✅",
+        "Edema ❌",
+        "Atelectasis",
+    ]
     none_present = render_open("obs", [("Edema", "no", False)], "clear")
     assert parse(none_present).rounds[-1].answer == "No Finding"
 

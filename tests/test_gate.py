@@ -73,5 +73,5 @@ def test_bad_configuration_and_resume_mismatch_are_clear_errors():
         ConditionalGate(margin=math.inf)
     with pytest.raises(ValueError, match="finite"):
         ConditionalGate().step(float("nan"))
-    with pytest.raises(ValueError, match="ema_alpha=0.5"):
+    with pytest.raises(ValueError, match=r"ema_alpha=0\.5"):
         ConditionalGate().load_state_dict(ConditionalGate(ema_alpha=0.5).state_dict())

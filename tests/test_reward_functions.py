@@ -3,6 +3,7 @@
 import pickle
 
 import pytest
+from test_rewards import CLOSED_GOLD, OPEN_GOLD
 
 from cxmind.rewards import (
     COMPONENTS,
@@ -14,15 +15,17 @@ from cxmind.rewards import (
     score,
 )
 
-from test_rewards import CLOSED_GOLD, OPEN_GOLD
-
 
 def batch(completions, solutions, task_types, options=None):
     kwargs = {"solution": solutions, "task_type": task_types}
     if options is not None:
         kwargs["options"] = options
-    return {"prompts": ["q"] * len(completions), "completions": completions,
-            "completion_ids": [[1]] * len(completions), **kwargs}
+    return {
+        "prompts": ["q"] * len(completions),
+        "completions": completions,
+        "completion_ids": [[1]] * len(completions),
+        **kwargs,
+    }
 
 
 def test_one_function_per_component_matching_score():
@@ -34,19 +37,36 @@ def test_one_function_per_component_matching_score():
     assert len(DEFAULT_REWARD_WEIGHTS) == len(funcs)
     for func, component in zip(funcs, COMPONENTS, strict=True):
         got = func(**batch(completions, solutions, tasks))
-        want = [getattr(score(c, s, t), component) for c, s, t in zip(completions, solutions, tasks, strict=True)]
+        want = [
+            getattr(score(c, s, t), component) for c, s, t in zip(completions, solutions, tasks, strict=True)
+        ]
         assert got == want
 
 
 def test_other_task_types_get_none_so_trl_skips_them():
-    values = format_reward(**batch([CLOSED_GOLD, "a report"], [CLOSED_GOLD, "gold report"], ["closed", "report"]))
+    values = format_reward(
+        **batch([CLOSED_GOLD, "a report"], [CLOSED_GOLD, "gold report"], ["closed", "report"])
+    )
     assert values == [1.0, None]
 
 
 def test_conversational_completions_and_content_parts():
     assert completion_text([{"role": "assistant", "content": "abc"}]) == "abc"
-    assert completion_text([{"role": "assistant", "content": [{"type": "text", "text": "a"},
-                                                               {"type": "image"}, {"type": "text", "text": "b"}]}]) == "ab"
+    assert (
+        completion_text(
+            [
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "text", "text": "a"},
+                        {"type": "image"},
+                        {"type": "text", "text": "b"},
+                    ],
+                }
+            ]
+        )
+        == "ab"
+    )
     conversational = [[{"role": "assistant", "content": CLOSED_GOLD}]]
     assert format_reward(**batch(conversational, [CLOSED_GOLD], ["closed"])) == [1.0]
 
@@ -68,13 +88,15 @@ def test_mode_and_weights_are_configurable():
 def test_logs_mean_per_task_type():
     logged = {}
     completions = [CLOSED_GOLD, "junk", OPEN_GOLD]
-    format_reward(**batch(completions, [CLOSED_GOLD, CLOSED_GOLD, OPEN_GOLD], ["closed", "closed", "open"]),
-                  log_metric=lambda name, value: logged.__setitem__(name, value))
+    format_reward(
+        **batch(completions, [CLOSED_GOLD, CLOSED_GOLD, OPEN_GOLD], ["closed", "closed", "open"]),
+        log_metric=lambda name, value: logged.__setitem__(name, value),
+    )
     assert logged == {"curl_vpr/format/closed": 0.5, "curl_vpr/format/open": 1.0}
 
 
 def test_missing_columns_name_the_fix():
-    with pytest.raises(KeyError, match="'solution' and 'task_type'.*missing: solution"):
+    with pytest.raises(KeyError, match=r"'solution' and 'task_type'.*missing: solution"):
         format_reward(prompts=["q"], completions=["x"], completion_ids=[[1]], task_type=["closed"])
     with pytest.raises(ValueError, match="component"):
         CuRLReward("accuracy")

@@ -5,13 +5,15 @@ import pytest
 from cxmind.rewards import RewardScores, combine, score
 
 CLOSED_GOLD = (
-    "<think>Option A suggests effusion; costophrenic angles are sharp, ruled out.</think> <answer>A) ❌</answer>\n"
+    "<think>Option A suggests effusion; costophrenic angles are sharp, ruled out.</think> "
+    "<answer>A) ❌</answer>\n"
     "<think>Option B suggests pneumothorax; markings reach the chest wall, ruled out.</think> "
     "<answer>B) ❌</answer>\n"
     "<think>Option C suggests cardiomegaly; the cardiothoracic ratio exceeds one half.</think> "
     "<answer>C) ✅</answer>\n"
     "<think>Option D suggests a nodule; no focal opacity is seen.</think> <answer>D) ❌</answer>\n"
-    "<think>Summary: the heart shadow is enlarged. Option C is most consistent.</think> <answer>C) ✅</answer>"
+    "<think>Summary: the heart shadow is enlarged. Option C is most consistent.</think> "
+    "<answer>C) ✅</answer>"
 )
 OPEN_GOLD = (
     "<think>A hazy left base and reduced volume.</think> "
@@ -175,7 +177,7 @@ def test_defect_text_outside_tags():
 
 
 def test_defect_answer_prefix_letter():
-    """"Answer: C" reads as A in the reference code (first A–G anywhere), as C in fixed mode."""
+    """ "Answer: C" reads as A in the reference code (first A–G anywhere), as C in fixed mode."""
     prefixed = CLOSED_GOLD.replace("<answer>C) ✅</answer>", "<answer>Answer: C ✅</answer>")
     assert score(prefixed, CLOSED_GOLD, "closed", mode="reference").outcome == 0.0
     assert score(prefixed, CLOSED_GOLD, "closed").outcome == 1.0
@@ -209,7 +211,9 @@ def test_reference_closed_similarity_is_rounded():
     bleu = round(bleu1(tokens(think), tokens(gold_think)), 4)
     rouge = round(rouge_l(rouge_tokens(think), rouge_tokens(gold_think)), 4)
     expected = 0.3 * bleu + 0.7 * rouge
-    assert score(closed(rounds), CLOSED_GOLD, "closed", mode="reference").think == pytest.approx(expected, abs=1e-12)
+    assert score(closed(rounds), CLOSED_GOLD, "closed", mode="reference").think == pytest.approx(
+        expected, abs=1e-12
+    )
     assert score(closed(rounds), CLOSED_GOLD, "closed").think != pytest.approx(expected, abs=1e-6)
 
 

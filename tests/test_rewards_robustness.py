@@ -8,18 +8,46 @@ import time
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_rewards import CLOSED_GOLD, OPEN_GOLD
 
 from cxmind.format import parse
 from cxmind.rewards import curl_vpr_reward_funcs, score
 from cxmind.rewards.reference import is_single_block, last_answer, pairs, squeeze_tags
 
-from test_rewards import CLOSED_GOLD, OPEN_GOLD
-
 # Fragments that make tag soup: every way the grammar can break, in both cases.
 FRAGMENTS = [
-    "<think>", "</think>", "<answer>", "</answer>", "<THINK>", "</Answer>", "< think >", "</ think>",
-    " ", "\n", "\t", "\u3000", "a", "Option ", "A) ", "b) ", "C", "✅", "❌", "/", "<", ">", ".", ",",
-    "Atelectasis", "effusion", "No Finding", "Differential Diagnoses: [", "]", "😀", "\u202e", "\x00",
+    "<think>",
+    "</think>",
+    "<answer>",
+    "</answer>",
+    "<THINK>",
+    "</Answer>",
+    "< think >",
+    "</ think>",
+    " ",
+    "\n",
+    "\t",
+    "\u3000",
+    "a",
+    "Option ",
+    "A) ",
+    "b) ",
+    "C",
+    "✅",
+    "❌",
+    "/",
+    "<",
+    ">",
+    ".",
+    ",",
+    "Atelectasis",
+    "effusion",
+    "No Finding",
+    "Differential Diagnoses: [",
+    "]",
+    "😀",
+    "\u202e",
+    "\x00",
 ]
 tag_soup = st.lists(st.sampled_from(FRAGMENTS), max_size=40).map("".join)
 any_text = st.one_of(tag_soup, st.text(max_size=200))
@@ -69,7 +97,8 @@ ADVERSARIAL = {
     "nested": "<think>" * 1000 + "x" * (MB - 14000) + "</think>" * 1000,
     "many rounds": "<think>Considering Atelectasis, volume loss.</think><answer>Atelectasis ✅</answer>"
     * (MB // 80),
-    "many closed rounds": "<think>Option C fits the enlarged heart.</think><answer>C) ✅</answer>" * (MB // 66),
+    "many closed rounds": "<think>Option C fits the enlarged heart.</think><answer>C) ✅</answer>"
+    * (MB // 66),
     "binary junk": bytes(range(256)).decode("latin-1") * (MB // 256),
 }
 

@@ -41,7 +41,9 @@ def test_equal_to_references_on_real_reports():
         pairs.append((" ".join(edited), text))
     worst = 0.0
     for prediction, reference in pairs:
-        worst = max(worst, abs(similarity(prediction, reference) - reference_similarity(prediction, reference)))
+        worst = max(
+            worst, abs(similarity(prediction, reference) - reference_similarity(prediction, reference))
+        )
         assert_matches_references(prediction, reference)
     assert worst <= 1e-9
 

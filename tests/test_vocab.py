@@ -2,7 +2,16 @@
 
 import pytest
 
-from cxmind.vocab import CHEXPERT_14, FINDINGS, NIH_14, NO_FINDING, canonical, is_known, lookup_key, synonyms_of
+from cxmind.vocab import (
+    CHEXPERT_14,
+    FINDINGS,
+    NIH_14,
+    NO_FINDING,
+    canonical,
+    is_known,
+    lookup_key,
+    synonyms_of,
+)
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,9 @@ def completion_text(completion: Any) -> str:
         if isinstance(content, str):
             texts.append(content)
         elif isinstance(content, Sequence):
-            texts.extend(p.get("text") or "" for p in content if isinstance(p, Mapping) and p.get("type") == "text")
+            texts.extend(
+                p.get("text") or "" for p in content if isinstance(p, Mapping) and p.get("type") == "text"
+            )
     return "".join(texts)
 
 
@@ -67,7 +69,14 @@ def _cached_score(
     alpha: float,
 ) -> RewardScores:
     return score(
-        completion, solution, task_type, options=letters, mode=mode, w_closed=w_closed, w_open=w_open, alpha=alpha
+        completion,
+        solution,
+        task_type,
+        options=letters,
+        mode=mode,
+        w_closed=w_closed,
+        w_open=w_open,
+        alpha=alpha,
     )
 
 

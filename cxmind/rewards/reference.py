@@ -130,7 +130,9 @@ def _closed_similarity(prediction: str, gold: str, alpha: float) -> float:
     return alpha * bleu + (1 - alpha) * rouge
 
 
-def score_closed(completion: str, solution: str, w_closed: float, alpha: float, sim: Similarity) -> Components:
+def score_closed(
+    completion: str, solution: str, w_closed: float, alpha: float, sim: Similarity
+) -> Components:
     """Closed-task components as the reference code computes them."""
     del sim  # the closed-task code has its own tokenisation and rounding
     pred_pairs, gold_pairs = pairs(completion), pairs(solution)
@@ -140,8 +142,13 @@ def score_closed(completion: str, solution: str, w_closed: float, alpha: float, 
     outcome = 1.0 if pred and pred == gold else 0.0
 
     process = 0.0
-    if pred_pairs and gold and all(
-        ("✅" in ans and letter(ans) == gold) or ("❌" in ans and letter(ans) != gold) for _, ans in pred_pairs
+    if (
+        pred_pairs
+        and gold
+        and all(
+            ("✅" in ans and letter(ans) == gold) or ("❌" in ans and letter(ans) != gold)
+            for _, ans in pred_pairs
+        )
     ):
         process = w_closed
 
@@ -170,7 +177,8 @@ def score_open(completion: str, solution: str, w_open: float, alpha: float, sim:
     middle = [(think, ans, _MARKS.sub("", ans).strip().lower()) for think, ans in pred_pairs[1:-1]]
     process = 0.0
     if len(pred_pairs) > 2 and all(
-        ("✅" in ans and name in gold_list) or ("❌" in ans and name not in gold_list) for _, ans, name in middle
+        ("✅" in ans and name in gold_list) or ("❌" in ans and name not in gold_list)
+        for _, ans, name in middle
     ):
         process = w_open
 
@@ -182,4 +190,3 @@ def score_open(completion: str, solution: str, w_open: float, alpha: float, sim:
                 sims.append(sim(think.strip(), gold_think, alpha))
     think_score = sum(sims) / len(sims) if sims else 0.0
     return fmt, outcome, think_score, process
-

@@ -233,7 +233,9 @@ def _score_open(completion: str, solution: str, w_open: float, alpha: float, sim
     process = 0.0
     if verdicts and final:
         differential = set(findings_in(pred.rounds[0].answer))
-        consistent = all(mark is not None and (mark == ACCEPT) == (name in gold_set) for name, mark, _ in verdicts)
+        consistent = all(
+            mark is not None and (mark == ACCEPT) == (name in gold_set) for name, mark, _ in verdicts
+        )
         accepted = {name for name, mark, _ in verdicts if mark == ACCEPT}
         agrees = accepted == final or (not accepted and final == {NO_FINDING})
         listed = all(name in differential for name, _, _ in verdicts)
