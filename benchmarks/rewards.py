@@ -19,7 +19,7 @@ import time
 from nltk.translate.bleu_score import sentence_bleu
 from rouge_score.rouge_scorer import RougeScorer
 
-from cxmind.format import render_closed, render_open
+from cxmind.format import parse, render_closed, render_open
 from cxmind.rewards import scoring
 from cxmind.rewards.similarity import _stem, bleu_tokens, similarity
 from cxmind.vocab import CHEXPERT_14
@@ -63,10 +63,13 @@ def think(rng: random.Random, topic: str) -> str:
 
 
 def perturb(rng: random.Random, text: str) -> str:
-    """A policy sample near the gold: drop, duplicate and swap some words."""
-    words = [w for w in text.split() if rng.random() > 0.15]
-    for _ in range(rng.randint(0, 5)):
-        words.insert(rng.randrange(len(words) + 1), rng.choice(text.split()))
+    """A policy sample near the gold, same length: ~15% of words replaced, a few pairs swapped."""
+    words = text.split()
+    vocabulary = " ".join(PHRASES).split()
+    words = [rng.choice(vocabulary) if rng.random() < 0.15 else w for w in words]
+    for _ in range(rng.randint(0, 3)):
+        i, j = rng.randrange(len(words)), rng.randrange(len(words))
+        words[i], words[j] = words[j], words[i]
     return " ".join(words)
 
 
@@ -127,7 +130,7 @@ def main() -> None:
 
     items = batch(args.completions, args.seed)
     rounds = [c.count("<think>") for c, _, _ in items]
-    words = [len(t.split()) for c, _, _ in items for t in c.split("<think>")[1:]]
+    words = [len(r.think.split()) for c, _, _ in items for r in parse(c).rounds]
     print(
         f"batch: {len(items)} completions, rounds {min(rounds)}-{max(rounds)}, "
         f"think words {min(words)}-{max(words)} (mean {statistics.mean(words):.0f})"

@@ -57,7 +57,7 @@ def completion_text(completion: Any) -> str:
     return "".join(texts)
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=2048)  # one process's batch, scored by four functions in turn
 def _cached_score(
     completion: str,
     solution: str,

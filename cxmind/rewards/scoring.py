@@ -17,6 +17,7 @@ from cxmind.format import (
     DEFAULT_LETTERS,
     REJECT,
     TASK_TYPES,
+    Parsed,
     Round,
     findings_in,
     mark_of,
@@ -147,8 +148,9 @@ def _as_text(value: object) -> str:
     return value if isinstance(value, str) else "" if value is None else str(value)
 
 
-def _well_formed_multi_round(parsed_errors: tuple[str, ...], n_rounds: int) -> float:
-    return 1.0 if not parsed_errors and n_rounds >= 2 else 0.0
+def _format_score(parsed: Parsed) -> float:
+    """Fixed-mode format: only well-formed rounds, and at least two of them."""
+    return 1.0 if parsed.well_formed and len(parsed.rounds) >= 2 else 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,7 +174,7 @@ def _score_closed(
     pred, gold = parse(completion), parse(solution)
     letters = _question_letters(options, gold.rounds)
     readable = letters or tuple(DEFAULT_LETTERS)
-    fmt = _well_formed_multi_round(pred.errors, len(pred.rounds))
+    fmt = _format_score(pred)
 
     gold_letter = option_letter(gold.rounds[-1].answer, readable) if gold.rounds else None
     pred_letters = [option_letter(r.answer, readable) for r in pred.rounds]
@@ -211,7 +213,7 @@ def _set_f1(pred: set[str], gold: set[str]) -> float:
 
 def _score_open(completion: str, solution: str, w_open: float, alpha: float, sim: Similarity) -> RewardScores:
     pred, gold = parse(completion), parse(solution)
-    fmt = _well_formed_multi_round(pred.errors, len(pred.rounds))
+    fmt = _format_score(pred)
     gold_set = set(findings_in(gold.rounds[-1].answer)) if gold.rounds else set()
     # A completion without any round has no final list at all: it earns no outcome.
     final = set(findings_in(pred.rounds[-1].answer)) if pred.rounds else None
