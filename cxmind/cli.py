@@ -4,15 +4,88 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from cxmind import __version__
 
 _NOT_YET = (
     "cxmind {command}: not yet available in cxmind {version}. This release ships the interleaved "
     "format (cxmind.format), the finding vocabulary (cxmind.vocab), the CuRL-VPR rewards "
-    "(cxmind.rewards) and the offline tiny model (cxmind.testing); data building, training, "
-    "evaluation and the end-to-end demo follow."
+    "(cxmind.rewards), the data builders (`cxmind data`) and the offline tiny model (cxmind.testing); "
+    "training, evaluation and the end-to-end demo follow."
 )
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its inputs: printed as one line, exit status 2."""
+
+
+def _add_data_commands(sub: argparse._SubParsersAction) -> None:
+    from cxmind.data.schema import TASKS
+
+    data = sub.add_parser("data", help="build and validate training records from public CXR datasets")
+    data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+
+    b = data_sub.add_parser(
+        "build",
+        help="read sources and write records (parquet shards + dataset card)",
+        description="Read public chest X-ray datasets (official file layouts) and write training records.",
+    )
+    b.add_argument(
+        "--source",
+        action="append",
+        required=True,
+        metavar="NAME=FOLDER",
+        help="a dataset and the folder with its official files; repeat for several "
+        "(names: nih, chexpert, padchest, vindr, rsna, siim, iu_xray, mimic, phantom)",
+    )
+    b.add_argument(
+        "--source-option",
+        action="append",
+        default=[],
+        metavar="NAME.OPTION=VALUE",
+        help="a source policy, e.g. chexpert.uncertain=positive or vindr.merge=union",
+    )
+    b.add_argument("--out", required=True, type=Path, help="output folder for the record set")
+    b.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks (default: all)")
+    b.add_argument("--seed", type=int, default=0, help="seed for splits, distractors and wording")
+    b.add_argument("--limit", type=int, default=None, help="read at most this many studies per source")
+    b.add_argument("--choices", type=int, default=4, help="options of single/multi-choice questions")
+    b.add_argument("--split-fractions", default="0.8,0.1,0.1", help="train,validation,test patient fractions")
+    b.add_argument("--min-pixels", type=int, default=None, help="image budget: minimum pixels after resizing")
+    b.add_argument("--max-pixels", type=int, default=None, help="image budget: maximum pixels after resizing")
+    b.add_argument(
+        "--materialize-images",
+        action="store_true",
+        help="write each image once as a resized RGB PNG under OUT/images (needed for DICOM sources)",
+    )
+    b.add_argument("--overwrite", action="store_true", help="replace an existing record set in --out")
+    b.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    v = data_sub.add_parser(
+        "validate",
+        help="check images and token budgets; write validate.rejects.jsonl",
+        description="Check every record's images (missing, corrupt, undersized, escaping the root) and, "
+        "with --model, its prompt and completion token counts.",
+    )
+    v.add_argument("records", type=Path, help="a record set folder written by `cxmind data build`")
+    v.add_argument("--model", default=None, help="tokenizer/processor (folder or Hub id) for token counts")
+    v.add_argument("--max-prompt-tokens", type=int, default=None, help="reject prompts longer than this")
+    v.add_argument(
+        "--max-completion-tokens", type=int, default=None, help="reject gold answers longer than this"
+    )
+    v.add_argument("--min-pixels", type=int, default=None)
+    v.add_argument("--max-pixels", type=int, default=None)
+    v.add_argument("--decode", action="store_true", help="decode every image fully (slow, thorough)")
+    v.add_argument("--no-progress", action="store_true")
+
+    p = data_sub.add_parser(
+        "phantom", help="write a phantom CXR dataset (procedural images, labels, reports)"
+    )
+    p.add_argument("out", type=Path, help="folder to write; then --source phantom=OUT")
+    p.add_argument("--patients", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=256, help="image side in pixels")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +96,72 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cxmind {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("demo", help="run the CPU demo: tiny model, phantom data, SFT -> GRPO -> evaluation")
+    _add_data_commands(sub)
     return parser
+
+
+def _budget(args: argparse.Namespace):
+    from cxmind.data.images import ImageBudget
+
+    default = ImageBudget()
+    return ImageBudget(
+        min_pixels=args.min_pixels if args.min_pixels is not None else default.min_pixels,
+        max_pixels=args.max_pixels if args.max_pixels is not None else default.max_pixels,
+    )
+
+
+def _data_build(args: argparse.Namespace) -> int:
+    from cxmind.data.build import BuildConfig, build, parse_source_spec
+    from cxmind.data.tasks import TaskConfig
+
+    try:
+        fractions = tuple(float(x) for x in args.split_fractions.split(","))
+    except ValueError as error:
+        raise UsageError(
+            f"--split-fractions {args.split_fractions!r}: expected three numbers like 0.8,0.1,0.1"
+        ) from error
+    if len(fractions) != 3:
+        raise UsageError(
+            f"--split-fractions {args.split_fractions!r}: expected three numbers like 0.8,0.1,0.1"
+        )
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    config = BuildConfig(
+        sources=[parse_source_spec(s, args.source_option) for s in args.source],
+        out=args.out,
+        task=TaskConfig(tasks=tasks, choices=args.choices, budget=_budget(args), seed=args.seed),
+        split_fractions=fractions,  # type: ignore[arg-type]
+        limit=args.limit,
+        materialize_images=args.materialize_images,
+        overwrite=args.overwrite,
+    )
+    summary = build(config, progress=not args.no_progress)
+    print(summary.table())
+    print(f"records: {summary.out}")
+    return 0
+
+
+def _data_validate(args: argparse.Namespace) -> int:
+    from cxmind.data.validate import ValidationConfig, validate
+
+    config = ValidationConfig(
+        budget=_budget(args),
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_completion_tokens=args.max_completion_tokens,
+        model=args.model,
+        decode=args.decode,
+    )
+    report = validate(args.records, config, progress=not args.no_progress)
+    print(report.table())
+    print(f"rejects: {args.records / 'validate.rejects.jsonl'}")
+    return 0
+
+
+def _data_phantom(args: argparse.Namespace) -> int:
+    from cxmind.data.phantom import write_phantom_dataset
+
+    root = write_phantom_dataset(args.out, n_patients=args.patients, seed=args.seed, size=args.size)
+    print(f"phantom dataset: {root}  (use: cxmind data build --source phantom={root} --out <records>)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    try:
+        if args.command == "data":
+            handler = {"build": _data_build, "validate": _data_validate, "phantom": _data_phantom}
+            return handler[args.data_command](args)
+    except (UsageError, ValueError, FileNotFoundError, FileExistsError, KeyError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"cxmind {args.command}: error: {message}", file=sys.stderr)
+        return 2
     print(_NOT_YET.format(command=args.command, version=__version__))
     return 0
 

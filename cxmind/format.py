@@ -47,6 +47,8 @@ DEFAULT_LETTERS = "ABCDEFGH"
 TASK_TYPES = ("closed", "open")
 
 _TAG = re.compile(r"<(/?)(think|answer)>")
+# One well-formed round whose texts contain no "<" at all: the common case, matched without backtracking.
+_PLAIN_ROUND = re.compile(r"\s*<think>([^<]*)</think>\s*<answer>([^<]*)</answer>")
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,18 @@ def parse(text: str) -> Parsed:
     >>> parse("Sure! <think>t</think><answer>A</answer>").errors
     ('text outside rounds',)
     """
+    rounds: list[Round] = []
+    pos = 0
+    while (match := _PLAIN_ROUND.match(text, pos)) is not None:
+        rounds.append(Round(match.group(1).strip(), match.group(2).strip()))
+        pos = match.end()
+    if rounds and not text[pos:].strip():
+        return Parsed(tuple(rounds), ())
+    return _parse_general(text)
+
+
+def _parse_general(text: str) -> Parsed:
+    """The full tag-by-tag pass: recovers rounds from any text and names every violation."""
     rounds: list[Round] = []
     errors: list[str] = []
     block: str | None = None  # "think" or "answer" while inside a block

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from types import MappingProxyType
 
 __all__ = [
@@ -272,6 +273,7 @@ def _build_index() -> MappingProxyType[str, str]:
 _INDEX = _build_index()
 
 
+@lru_cache(maxsize=1 << 16)  # names repeat endlessly in data building and reward scoring
 def canonical(name: str) -> str:
     """Canonical finding name for ``name``, or its normalised lowercase text when unknown."""
     key = lookup_key(name)

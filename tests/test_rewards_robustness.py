@@ -134,6 +134,18 @@ def test_linear_parsers_equal_the_reference_expressions(text):
     assert squeeze_tags(text) == re.sub(r"\s*(<|>|/)\s*", r"\1", text)
 
 
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.one_of(
+        tag_soup, st.lists(st.sampled_from([CLOSED_GOLD, OPEN_GOLD, " ", "\n", "x", "<", "a<b"])).map("".join)
+    )
+)
+def test_fast_path_parse_equals_the_general_parser(text):
+    from cxmind.format import _parse_general
+
+    assert parse(text) == _parse_general(text)
+
+
 def test_white_space_class_matches_str_isspace():
     """The linear code relies on str.strip/isspace agreeing with the regex \\s class."""
     mismatches = [c for c in map(chr, range(0x3000 + 1)) if bool(re.fullmatch(r"\s", c)) != c.isspace()]

@@ -1,0 +1,84 @@
+"""Record building speed and memory on the real NIH, CheXpert, PadChest and VinDr label tables.
+
+Builds every task's records from the metadata tables torchxrayvision ships (no images needed:
+grounding boxes use the sizes in the metadata) and, in the same run, times a plain
+``pandas.read_csv`` of the same files as the baseline. Last line:
+``build/read: <ratio>, records: <N>, peak_rss_gb: <M>`` (target: ratio <= 3, peak RSS <= 4 GB).
+
+    python benchmarks/data_build.py [--limit N] [--keep OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torchxrayvision
+
+from cxmind.data.build import BuildConfig, SourceSpec, build
+from cxmind.data.tasks import TaskConfig
+
+XRV = Path(torchxrayvision.__file__).parent / "data"
+# source -> {official file name: file shipped by torchxrayvision}
+LAYOUT = {
+    "nih": {
+        "Data_Entry_2017_v2020.csv.gz": "Data_Entry_2017_v2020.csv.gz",
+        "BBox_List_2017.csv.gz": "BBox_List_2017.csv.gz",
+    },
+    "chexpert": {"train.csv.gz": "chexpert_train.csv.gz"},
+    "padchest": {
+        "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz": (
+            "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"
+        )
+    },
+    "vindr": {"train.csv.gz": "vinbigdata-train.csv.gz"},
+}
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--limit", type=int, default=None, help="studies per source (default: all)")
+    parser.add_argument("--keep", type=Path, default=None, help="write the records here and keep them")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="cxmind-bench-"))
+    try:
+        specs = []
+        for source, files in LAYOUT.items():
+            root = work / "raw" / source
+            root.mkdir(parents=True)
+            for official, shipped in files.items():
+                (root / official).symlink_to(XRV / shipped)
+            specs.append(SourceSpec(source, root))
+
+        start = time.perf_counter()
+        for files in LAYOUT.values():
+            for shipped in files.values():
+                pd.read_csv(XRV / shipped, low_memory=False)
+        read_s = time.perf_counter() - start
+
+        out = args.keep or work / "records"
+        config = BuildConfig(sources=specs, out=out, task=TaskConfig(), limit=args.limit, overwrite=True)
+        start = time.perf_counter()
+        summary = build(config, progress=False)
+        build_s = time.perf_counter() - start
+
+        print(summary.table())
+        print(f"pandas read_csv of the same tables: {read_s:.2f}s; cxmind build: {build_s:.2f}s")
+        ratio, records = build_s / read_s, summary.total_records
+        print(f"build/read: {ratio:.2f}, records: {records}, peak_rss_gb: {peak_rss_gb():.2f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

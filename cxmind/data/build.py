@@ -1,0 +1,383 @@
+"""Build training-ready records from public datasets: sources -> studies -> tasks -> parquet shards.
+
+Output folder layout::
+
+    out/
+      data/{split}-{n:05d}.parquet   records (see cxmind.data.schema), one shard set per split
+      images/{source}/...png         processed images (only with materialize_images)
+      rejects.jsonl                  every study/record/image that was not built, with the reason
+      cxmind_data.json               image roots per source, build config, counts
+      README.md                      dataset card
+
+The build writes into a temporary sibling folder and renames it into place when complete, so an
+interrupted build never leaves a half-written record set; materialised images already present in
+a previous output are reused, which is where a re-run saves its time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from cxmind.data.images import ImageBudget, ImageError, load_image, save_normalised
+from cxmind.data.schema import RECORD_FIELDS, Record, Study
+from cxmind.data.splits import DEFAULT_FRACTIONS, patient_splits
+from cxmind.data.tasks import Reject, TaskBuilder, TaskConfig
+
+__all__ = ["BuildConfig", "BuildSummary", "SourceSpec", "build", "parse_source_spec"]
+
+META_FILE = "cxmind_data.json"
+REJECTS_FILE = "rejects.jsonl"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A source to read: registry name, folder with its official files, and its options."""
+
+    name: str
+    root: Path
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_source_spec(text: str, options: Iterable[str] = ()) -> SourceSpec:
+    """``"nih=/data/nih"`` plus ``["nih.uncertain=positive", ...]`` -> SourceSpec (CLI syntax)."""
+    name, sep, root = text.partition("=")
+    if not sep or not name or not root:
+        raise ValueError(f"--source {text!r}: expected NAME=FOLDER, e.g. --source nih=/data/ChestX-ray14")
+    opts: dict[str, Any] = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        src, dot, opt = key.partition(".")
+        if not sep or not dot:
+            raise ValueError(
+                f"--source-option {item!r}: expected SOURCE.OPTION=VALUE, e.g. chexpert.uncertain=positive"
+            )
+        if src == name:
+            opts[opt] = _literal(value)
+    return SourceSpec(name.strip(), Path(root).expanduser(), opts)
+
+
+def _literal(value: str) -> Any:
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+@dataclass
+class BuildConfig:
+    """What to build. ``limit`` caps studies per source (for trials); ``None`` builds everything."""
+
+    sources: list[SourceSpec]
+    out: Path
+    task: TaskConfig = field(default_factory=TaskConfig)
+    split_fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+    limit: int | None = None
+    materialize_images: bool = False
+    shard_rows: int = 100_000
+    overwrite: bool = False
+
+
+@dataclass
+class BuildSummary:
+    """Counts of what was built and rejected (``table()`` renders them for the terminal)."""
+
+    out: Path
+    studies: Counter = field(default_factory=Counter)  # per source
+    records: Counter = field(default_factory=Counter)  # per (source, task, split)
+    rejects: Counter = field(default_factory=Counter)  # per reason
+
+    @property
+    def total_records(self) -> int:
+        return sum(self.records.values())
+
+    def table(self) -> str:
+        lines = [f"{'source':<12}{'task':<36}{'train':>9}{'validation':>12}{'test':>9}"]
+        keys = sorted({(s, t) for s, t, _ in self.records})
+        for source, task in keys:
+            counts = [self.records[(source, task, split)] for split in ("train", "validation", "test")]
+            lines.append(f"{source:<12}{task:<36}{counts[0]:>9}{counts[1]:>12}{counts[2]:>9}")
+        lines.append(f"records: {self.total_records}  studies: {sum(self.studies.values())}")
+        if self.rejects:
+            lines.append(
+                "rejects: " + ", ".join(f"{reason}: {n}" for reason, n in self.rejects.most_common())
+            )
+        return "\n".join(lines)
+
+
+class _ShardWriter:
+    """Buffers records per split and writes parquet shards of ``rows`` rows."""
+
+    def __init__(self, folder: Path, rows: int) -> None:
+        self.folder, self.rows = folder, rows
+        self.buffers: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.shards: Counter = Counter()
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def add(self, record: Record) -> None:
+        buffer = self.buffers[record.split]
+        buffer.append(record.to_row())
+        if len(buffer) >= self.rows:
+            self._flush(record.split)
+
+    def _flush(self, split: str) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = self.buffers.pop(split, [])
+        if not rows:
+            return
+        columns = {name: [row[name] for row in rows] for name in RECORD_FIELDS}
+        table = pa.table(columns, schema=_arrow_schema())
+        pq.write_table(table, self.folder / f"{split}-{self.shards[split]:05d}.parquet")
+        self.shards[split] += 1
+
+    def close(self) -> None:
+        for split in list(self.buffers):
+            self._flush(split)
+
+
+def _arrow_schema() -> Any:
+    import pyarrow as pa
+
+    text = pa.string()
+    types = {name: text for name in RECORD_FIELDS}
+    types["images"] = pa.list_(text)
+    types["options"] = pa.list_(text)
+    return pa.schema([(name, types[name]) for name in RECORD_FIELDS])
+
+
+def _read_studies(spec: SourceSpec, limit: int | None, progress: bool) -> tuple[Any, list[Study]]:
+    from tqdm.auto import tqdm
+
+    from cxmind.data.sources import get_source
+
+    source = get_source(spec.name, spec.root, **spec.options)
+    studies = source.studies()
+    if limit is not None:
+        studies = islice(studies, limit)
+    return source, list(tqdm(studies, desc=f"{spec.name}: studies", unit=" studies", disable=not progress))
+
+
+def _in_patient_order(studies: list[Study]) -> Iterator[tuple[Study, Study | None]]:
+    """Each study with its patient's previous study (by ``order``, then study id)."""
+    by_patient: dict[str, list[Study]] = defaultdict(list)
+    for study in studies:
+        by_patient[study.patient_id].append(study)
+    for patient_studies in by_patient.values():
+        patient_studies.sort(
+            key=lambda s: (s.order is None, s.order if s.order is not None else 0, s.study_id)
+        )
+        previous = None
+        for study in patient_studies:
+            yield study, previous
+            previous = study
+
+
+def build(config: BuildConfig, *, progress: bool = True) -> BuildSummary:
+    """Build the record set described by ``config`` into ``config.out``; returns what was built."""
+    from tqdm.auto import tqdm
+
+    out = Path(config.out).expanduser().absolute()
+    if out.exists() and any(out.iterdir()) and not config.overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    if not config.sources:
+        raise ValueError("no source given; e.g. --source nih=/data/ChestX-ray14 (or --source phantom=<dir>)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    summary = BuildSummary(out=out)
+    image_roots: dict[str, str] = {}
+    try:
+        writer = _ShardWriter(staging / "data", config.shard_rows)
+        with open(staging / REJECTS_FILE, "w", encoding="utf-8") as rejects_file:
+
+            def reject(item: Reject, source: str) -> None:
+                summary.rejects[item.reason] += 1
+                rejects_file.write(json.dumps({"source": source, **asdict(item)}) + "\n")
+
+            for spec in config.sources:
+                source, studies = _read_studies(spec, config.limit, progress)
+                summary.studies[spec.name] = len(studies)
+                for item in getattr(source, "rejects", ()):  # studies a source could not read
+                    reject(item if isinstance(item, Reject) else Reject(*item), spec.name)
+                splits = patient_splits(
+                    spec.name,
+                    ((s.patient_id, s.split) for s in studies),
+                    fractions=config.split_fractions,
+                    seed=config.task.seed,
+                )
+                builder = TaskBuilder(config.task, getattr(source, "label_space", ()))
+                reports = [(s.patient_id, s.report, s.positives) for s in studies if s.report is not None]
+                materializer = (
+                    _Materializer(spec, out, staging, config.task.budget)
+                    if config.materialize_images
+                    else None
+                )
+                image_roots[spec.name] = (
+                    f"images/{spec.name}" if materializer else str(Path(spec.root).expanduser().absolute())
+                )
+                bar = tqdm(
+                    total=len(studies), desc=f"{spec.name}: records", unit=" studies", disable=not progress
+                )
+                for study, previous in _in_patient_order(studies):
+                    other = _other_report(reports, study, config.task.seed)
+                    records, rejected = builder.build(
+                        study, splits[study.patient_id], previous=previous, other_report=other
+                    )
+                    for item in rejected:
+                        reject(item, spec.name)
+                    for record in records:
+                        if materializer is not None:
+                            record, problem = materializer.apply(record)
+                            if problem is not None:
+                                reject(problem, spec.name)
+                                continue
+                        writer.add(record)
+                        summary.records[(record.source, record.task, record.split)] += 1
+                    bar.update()
+                bar.close()
+        writer.close()
+        _write_meta(staging, config, summary, image_roots)
+        if out.exists():
+            _discard(out)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return summary
+
+
+def _other_report(reports: list, study: Study, seed: int) -> Any:
+    """A report of another patient, drawn deterministically, for image-text matching negatives."""
+    if len(reports) < 2:
+        return None
+    rng = random.Random(f"{seed}\x1fmatch\x1f{study.source}\x1f{study.study_id}")
+    for _ in range(4):
+        candidate = reports[rng.randrange(len(reports))]
+        if candidate[0] != study.patient_id:
+            return candidate
+    return None
+
+
+class _Materializer:
+    """Writes each record's images once as normalised PNGs (RGB, resized to the budget)."""
+
+    def __init__(self, spec: SourceSpec, out: Path, staging: Path, budget: ImageBudget) -> None:
+        self.spec, self.budget = spec, budget
+        self.previous = out / "images" / spec.name  # a prior build's images are reused
+        self.target = staging / "images" / spec.name
+        self.done: dict[str, str | Reject] = {}
+
+    def apply(self, record: Record) -> tuple[Record, Reject | None]:
+        paths = []
+        for rel in record.images:
+            result = self.done.get(rel)
+            if result is None:
+                result = self.done[rel] = self._write(rel)
+            if isinstance(result, Reject):
+                return record, Reject(record.id, result.reason, result.detail)
+            paths.append(result)
+        return replace(record, images=paths), None
+
+    def _write(self, rel: str) -> str | Reject:
+        name = str(Path(rel).with_suffix(".png"))
+        target = self.target / name
+        reused = self.previous / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if reused.is_file():
+            try:
+                os.link(reused, target)  # same file system: no copy
+            except OSError:
+                shutil.copy2(reused, target)
+            return name
+        try:
+            image = load_image(self.spec.root, rel, self.budget)
+        except ImageError as error:
+            return Reject(rel, f"image {error.reason}", str(error))
+        save_normalised(image, target)
+        return name
+
+
+def _discard(out: Path) -> None:
+    """Move the previous output aside (rename cannot replace a non-empty folder) and delete it."""
+    trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.replace(out, trash / "old")
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _write_meta(
+    folder: Path, config: BuildConfig, summary: BuildSummary, image_roots: dict[str, str]
+) -> None:
+    from cxmind import __version__
+
+    counts: dict[str, int] = Counter()
+    for (_, task, split), n in summary.records.items():
+        counts[f"{split}/{task}"] += n
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "cxmind_version": __version__,
+        "image_roots": image_roots,
+        "materialized_images": config.materialize_images,
+        "sources": [{"name": s.name, "root": str(s.root), "options": s.options} for s in config.sources],
+        "tasks": list(config.task.tasks),
+        "seed": config.task.seed,
+        "split_fractions": list(config.split_fractions),
+        "limit": config.limit,
+        "image_budget": asdict(config.task.budget),
+        "studies": dict(summary.studies),
+        "records": summary.total_records,
+        "records_by_split_task": dict(sorted(counts.items())),
+        "rejects": dict(summary.rejects),
+    }
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    (folder / "README.md").write_text(_dataset_card(meta, summary), encoding="utf-8")
+
+
+def _dataset_card(meta: dict[str, Any], summary: BuildSummary) -> str:
+    sources = ", ".join(s["name"] for s in meta["sources"])
+    return f"""---
+license: other
+task_categories:
+- visual-question-answering
+- image-to-text
+tags:
+- medical
+- chest-x-ray
+- cxmind
+---
+# cxmind chest X-ray records
+
+Instruction records built by [cxmind](https://arxiv.org/abs/2508.03733) {meta["cxmind_version"]}
+from: {sources}.
+Each record is one task (closed/open disease questions with gold interleaved reasoning trajectories,
+report generation, view position, image-text matching, progression, grounding); see the schema in
+`cxmind.data.schema`. Images are referenced by path and are **not** included: obtain each source
+dataset under its own license and data use agreement.
+
+## Counts
+
+```
+{summary.table()}
+```
+
+## Build
+
+seed {meta["seed"]}, split fractions {meta["split_fractions"]} (patient-level),
+tasks {", ".join(meta["tasks"])}.
+
+**Not for clinical use.** These records train research models; they are not medical advice.
+"""

@@ -1,0 +1,165 @@
+"""Check a built record set before training: images readable and big enough, prompts within budget.
+
+Every problem becomes a line in ``validate.rejects.jsonl`` (id, reason, detail) and is counted by
+reason; ``load_records`` then leaves those ids out. Nothing is truncated: a multimodal prompt that
+does not fit the token budget is rejected whole, because cutting it would cut image tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cxmind.data.images import ImageBudget, ImageError, image_tokens, probe_size, read_image, resolve_under
+from cxmind.data.prompts import prompt_messages
+from cxmind.data.records import image_roots, load_records
+
+__all__ = ["ValidationConfig", "ValidationReport", "prompt_tokens", "validate"]
+
+REJECTS_FILE = "validate.rejects.jsonl"
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Limits to check. Token limits need ``model`` (a tokenizer or processor folder or Hub id)."""
+
+    budget: ImageBudget = field(default_factory=ImageBudget)
+    max_prompt_tokens: int | None = None  # text + image tokens of the prompt
+    max_completion_tokens: int | None = None  # tokens of the gold solution (or answer) + end of turn
+    model: str | None = None
+    decode: bool = False  # decode every image fully (slow; catches truncated files a header read misses)
+
+    def __post_init__(self) -> None:
+        if (self.max_prompt_tokens or self.max_completion_tokens) and not self.model:
+            raise ValueError("token budgets need --model: the tokenizer that will train on these records")
+
+
+@dataclass
+class ValidationReport:
+    """How many records were checked and why some were rejected."""
+
+    checked: int = 0
+    images_checked: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    max_prompt_tokens_seen: int = 0
+
+    @property
+    def total_rejected(self) -> int:
+        return sum(self.rejected.values())
+
+    def table(self) -> str:
+        lines = [
+            f"checked {self.checked} records, {self.images_checked} images; rejected {self.total_rejected}"
+        ]
+        lines += [f"  {reason:<32}{n:>9}" for reason, n in self.rejected.most_common()]
+        if self.max_prompt_tokens_seen:
+            lines.append(f"longest prompt: {self.max_prompt_tokens_seen} tokens")
+        return "\n".join(lines)
+
+
+class _ImageChecker:
+    """Checks each distinct image once; returns its (width, height) or raises ImageError."""
+
+    def __init__(self, roots: dict[str, Path], config: ValidationConfig) -> None:
+        self.roots, self.config = roots, config
+        self.cache: dict[tuple[str, str], tuple[int, int] | ImageError] = {}
+
+    def size(self, source: str, rel: str) -> tuple[int, int]:
+        key = (source, rel)
+        if key not in self.cache:
+            self.cache[key] = self._check(source, rel)
+        result = self.cache[key]
+        if isinstance(result, ImageError):
+            raise result
+        return result
+
+    def _check(self, source: str, rel: str) -> tuple[int, int] | ImageError:
+        try:
+            path = resolve_under(self.roots[source], rel)
+            if self.config.decode:
+                width, height = read_image(path).size
+            else:
+                width, height = probe_size(path)
+            if min(width, height) < self.config.budget.min_side:
+                minimum = self.config.budget.min_side
+                message = f"{path}: {width}x{height} pixels, below the {minimum} px minimum side"
+                return ImageError(message, path=path, reason="undersized")
+            return width, height
+        except ImageError as error:
+            return error
+
+
+def validate(
+    out: str | Path, config: ValidationConfig | None = None, *, progress: bool = True
+) -> ValidationReport:
+    """Validate every record of the set in ``out``; writes ``validate.rejects.jsonl`` there."""
+    from tqdm.auto import tqdm
+
+    config = config or ValidationConfig()
+    out = Path(out)
+    dataset = load_records(out, decode_images=False, exclude_rejects=False)
+    checker = _ImageChecker(image_roots(out), config)
+    tokenizer = _load_tokenizer(config.model) if config.model else None
+    report = ValidationReport()
+    with open(out / REJECTS_FILE, "w", encoding="utf-8") as rejects:
+        for split in dataset:
+            for row in tqdm(dataset[split], desc=f"validate {split}", unit=" records", disable=not progress):
+                report.checked += 1
+                problem = _check_row(row, checker, tokenizer, config, report)
+                if problem is not None:
+                    reason, detail = problem
+                    report.rejected[reason] += 1
+                    rejects.write(
+                        json.dumps({"id": row["id"], "split": split, "reason": reason, "detail": detail})
+                        + "\n"
+                    )
+    report.images_checked = len(checker.cache)
+    return report
+
+
+def _check_row(
+    row: dict[str, Any],
+    checker: _ImageChecker,
+    tokenizer: Any,
+    config: ValidationConfig,
+    report: ValidationReport,
+) -> tuple[str, str] | None:
+    sizes = []
+    for rel in row["images"]:
+        try:
+            sizes.append(checker.size(row["source"], rel))
+        except ImageError as error:
+            return f"image {error.reason}", str(error)
+    if tokenizer is None:
+        return None
+    n_prompt = prompt_tokens(row, sizes, tokenizer, config.budget)
+    report.max_prompt_tokens_seen = max(report.max_prompt_tokens_seen, n_prompt)
+    if config.max_prompt_tokens is not None and n_prompt > config.max_prompt_tokens:
+        return "prompt over token budget", f"{n_prompt} > {config.max_prompt_tokens} tokens"
+    if config.max_completion_tokens is not None:
+        target = row["solution"] or row["answer"]
+        n_completion = len(tokenizer(target, add_special_tokens=False)["input_ids"]) + 1
+        if n_completion > config.max_completion_tokens:
+            return "completion over token budget", f"{n_completion} > {config.max_completion_tokens} tokens"
+    return None
+
+
+def prompt_tokens(
+    row: Mapping[str, Any], sizes: list[tuple[int, int]], tokenizer: Any, budget: ImageBudget
+) -> int:
+    """Exact prompt length in tokens once the processor expands each image (``sizes``: width, height)."""
+    text_ids = tokenizer.apply_chat_template(prompt_messages(row), tokenize=True, add_generation_prompt=True)
+    if isinstance(text_ids, Mapping):  # transformers 5 returns a BatchEncoding
+        text_ids = text_ids["input_ids"]
+    # Each image placeholder is one <|image_pad|> in the template; the processor expands it.
+    return len(text_ids) - len(sizes) + sum(image_tokens(w, h, budget) for w, h in sizes)
+
+
+def _load_tokenizer(model: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model)
