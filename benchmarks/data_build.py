@@ -22,22 +22,10 @@ import torchxrayvision
 
 from cxmind.data.build import BuildConfig, SourceSpec, build
 from cxmind.data.tasks import TaskConfig
+from cxmind.testing import TORCHXRAYVISION_TABLES, link_torchxrayvision_tables
 
 XRV = Path(torchxrayvision.__file__).parent / "data"
-# source -> {official file name: file shipped by torchxrayvision}
-LAYOUT = {
-    "nih": {
-        "Data_Entry_2017_v2020.csv.gz": "Data_Entry_2017_v2020.csv.gz",
-        "BBox_List_2017.csv.gz": "BBox_List_2017.csv.gz",
-    },
-    "chexpert": {"train.csv.gz": "chexpert_train.csv.gz"},
-    "padchest": {
-        "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz": (
-            "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"
-        )
-    },
-    "vindr": {"train.csv.gz": "vinbigdata-train.csv.gz"},
-}
+SOURCES = ("nih", "chexpert", "padchest", "vindr")
 
 
 def peak_rss_gb() -> float:
@@ -52,17 +40,12 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="cxmind-bench-"))
     try:
-        specs = []
-        for source, files in LAYOUT.items():
-            root = work / "raw" / source
-            root.mkdir(parents=True)
-            for official, shipped in files.items():
-                (root / official).symlink_to(XRV / shipped)
-            specs.append(SourceSpec(source, root))
+        roots = link_torchxrayvision_tables(work / "raw", SOURCES)
+        specs = [SourceSpec(name, root) for name, root in roots.items()]
 
         start = time.perf_counter()
-        for files in LAYOUT.values():
-            for shipped in files.values():
+        for source in SOURCES:
+            for shipped in TORCHXRAYVISION_TABLES[source].values():
                 pd.read_csv(XRV / shipped, low_memory=False)
         read_s = time.perf_counter() - start
 

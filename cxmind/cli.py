@@ -79,6 +79,19 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--decode", action="store_true", help="decode every image fully (slow, thorough)")
     v.add_argument("--no-progress", action="store_true")
 
+    h = data_sub.add_parser(
+        "push",
+        help="push a record set to a Hub dataset repo (token from HF_TOKEN / huggingface-cli login)",
+    )
+    h.add_argument("records", type=Path, help="a record set folder written by `cxmind data build`")
+    h.add_argument("--repo-id", required=True, help="e.g. your-org/cxmind-records")
+    h.add_argument("--public", action="store_true", help="create the repo public (default: private)")
+    h.add_argument(
+        "--include-images",
+        action="store_true",
+        help="also push materialised images (only if their licenses allow redistribution)",
+    )
+
     p = data_sub.add_parser(
         "phantom", help="write a phantom CXR dataset (procedural images, labels, reports)"
     )
@@ -156,6 +169,16 @@ def _data_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_push(args: argparse.Namespace) -> int:
+    from cxmind.data.records import push_records
+
+    url = push_records(
+        args.records, args.repo_id, private=not args.public, include_images=args.include_images
+    )
+    print(f"pushed: {url}")
+    return 0
+
+
 def _data_phantom(args: argparse.Namespace) -> int:
     from cxmind.data.phantom import write_phantom_dataset
 
@@ -172,7 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         if args.command == "data":
-            handler = {"build": _data_build, "validate": _data_validate, "phantom": _data_phantom}
+            handler = {
+                "build": _data_build,
+                "validate": _data_validate,
+                "push": _data_push,
+                "phantom": _data_phantom,
+            }
             return handler[args.data_command](args)
     except (UsageError, ValueError, FileNotFoundError, FileExistsError, KeyError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

@@ -32,6 +32,7 @@ __all__ = [
     "build_tiny_qwen25_vl",
     "build_tiny_tokenizer",
     "default_cache_dir",
+    "link_torchxrayvision_tables",
     "load_tiny_qwen25_vl",
 ]
 
@@ -391,3 +392,43 @@ def load_tiny_qwen25_vl(seed: int = 0) -> tuple[Qwen2_5_VLForConditionalGenerati
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path)
     processor = AutoProcessor.from_pretrained(path)
     return model.eval(), processor
+
+
+#: Official file name -> file shipped by ``torchxrayvision`` (real public label tables), per source.
+TORCHXRAYVISION_TABLES: dict[str, dict[str, str]] = {
+    "nih": {
+        "Data_Entry_2017_v2020.csv.gz": "Data_Entry_2017_v2020.csv.gz",
+        "BBox_List_2017.csv.gz": "BBox_List_2017.csv.gz",
+    },
+    "chexpert": {"train.csv.gz": "chexpert_train.csv.gz"},
+    "padchest": {
+        "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz": (
+            "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"
+        )
+    },
+    "vindr": {"train.csv.gz": "vinbigdata-train.csv.gz"},
+    "rsna": {"stage_2_train_labels.csv.zip": "kaggle_stage_2_train_labels.csv.zip"},
+    "siim": {"train-rle.csv.gz": "siim-pneumothorax-train-rle.csv.gz"},
+    "iu_xray": {"NLMCXR_reports.tgz": "NLMCXR_reports.tgz"},
+}
+
+
+def link_torchxrayvision_tables(dest: str | os.PathLike[str], sources: Any = None) -> dict[str, Path]:
+    """Lay out the real label tables ``torchxrayvision`` ships as each source's official files.
+
+    Returns ``{source: folder}`` ready for ``--source NAME=FOLDER``: the builders can then be run on
+    real public metadata (no images) without any download. Files are symlinked, not copied.
+    """
+    import torchxrayvision
+
+    shipped = Path(torchxrayvision.__file__).parent / "data"
+    roots: dict[str, Path] = {}
+    for source in sources or TORCHXRAYVISION_TABLES:
+        root = Path(dest) / source
+        root.mkdir(parents=True, exist_ok=True)
+        for official, name in TORCHXRAYVISION_TABLES[source].items():
+            link = root / official
+            if not link.exists():
+                link.symlink_to(shipped / name)
+        roots[source] = root
+    return roots

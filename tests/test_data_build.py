@@ -219,3 +219,32 @@ def test_cli_help_runs_as_a_command():
         [sys.executable, "-m", "cxmind", "data", "build", "--help"], capture_output=True, text=True
     )
     assert done.returncode == 0 and "--source" in done.stdout
+
+
+def test_push_sends_shards_card_and_scrubbed_metadata_in_one_commit(records_dir, monkeypatch, capsys):
+    import huggingface_hub
+
+    calls = {}
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            calls["repo"] = (repo_id, kwargs)
+
+        def create_commit(self, repo_id, operations, **kwargs):
+            calls["ops"] = operations
+            return type("Commit", (), {"commit_url": f"https://hub/{repo_id}/commit/1"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_token_value")
+    assert main(["data", "push", str(records_dir), "--repo-id", "org/cxr"]) == 0
+    assert calls["repo"] == ("org/cxr", {"repo_type": "dataset", "private": True, "exist_ok": True})
+    paths = {op.path_in_repo for op in calls["ops"]}
+    assert {"README.md", "cxmind_data.json"} <= paths and any(p.startswith("data/") for p in paths)
+    assert not any(p.startswith("images/") for p in paths)
+    (meta_op,) = [op for op in calls["ops"] if op.path_in_repo == "cxmind_data.json"]
+    meta = json.loads(meta_op.path_or_fileobj)
+    assert (
+        meta["image_roots"] == {"phantom": "<local>"}
+        and str(records_dir.parent) not in meta_op.path_or_fileobj.decode()
+    )
+    assert "hf_secret_token_value" not in capsys.readouterr().out

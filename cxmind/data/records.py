@@ -8,7 +8,7 @@ from typing import Any
 
 from cxmind.data.images import resolve_under
 
-__all__ = ["image_roots", "load_records", "read_meta", "rejected_ids"]
+__all__ = ["image_roots", "load_records", "push_records", "read_meta", "rejected_ids"]
 
 META_FILE = "cxmind_data.json"
 
@@ -81,3 +81,52 @@ def load_records(
             features["images"] = Sequence(Image(mode="RGB"))  # grey PNGs decode as RGB
             dataset[name] = dataset[name].cast(features)
     return dataset[split] if split is not None else dataset
+
+
+def push_records(
+    out: str | Path,
+    repo_id: str,
+    *,
+    private: bool = True,
+    include_images: bool = False,
+    revision: str | None = None,
+) -> str:
+    """Push a record set (parquet shards + dataset card) to a Hub dataset repo in one commit.
+
+    The token comes from the environment (``HF_TOKEN`` or ``huggingface-cli login``), never from an
+    argument, so it cannot end up in scripts or logs. Local folder paths are removed from the pushed
+    metadata, and images stay local unless ``include_images`` (they belong to their datasets'
+    licenses: check that you may redistribute them). Returns the commit URL.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    out = Path(out)
+    meta = read_meta(out)
+    shards = sorted((out / "data").glob("*.parquet"))
+    if not shards:
+        raise FileNotFoundError(f"{out}/data holds no parquet shard; build the record set first")
+    public_meta = dict(meta)
+    public_meta["image_roots"] = {
+        name: root if not Path(root).is_absolute() else "<local>"
+        for name, root in meta["image_roots"].items()
+    }
+    public_meta["sources"] = [{**s, "root": "<local>"} for s in meta.get("sources", [])]
+    operations = [CommitOperationAdd(f"data/{p.name}", str(p)) for p in shards]
+    operations.append(CommitOperationAdd("README.md", str(out / "README.md")))
+    operations.append(CommitOperationAdd(META_FILE, (json.dumps(public_meta, indent=2) + "\n").encode()))
+    if include_images:
+        operations += [
+            CommitOperationAdd(p.relative_to(out).as_posix(), str(p))
+            for p in sorted((out / "images").rglob("*"))
+            if p.is_file()
+        ]
+    api = HfApi()
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    commit = api.create_commit(
+        repo_id,
+        operations,
+        commit_message=f"cxmind records ({meta['records']} records)",
+        repo_type="dataset",
+        revision=revision,
+    )
+    return str(getattr(commit, "commit_url", commit))
