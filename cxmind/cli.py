@@ -92,6 +92,23 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
         help="also push materialised images (only if their licenses allow redistribution)",
     )
 
+    t = data_sub.add_parser(
+        "teach",
+        help="ask an LLM (OpenAI-compatible API) for richer traces; keep those passing the reward filter",
+    )
+    t.add_argument("records", type=Path, help="a record set folder written by `cxmind data build`")
+    t.add_argument(
+        "--base-url", required=True, help="e.g. http://localhost:8000/v1 (a `vllm serve` endpoint)"
+    )
+    t.add_argument("--model", required=True, help="the served teacher model name")
+    t.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    t.add_argument("--max-concurrency", type=int, default=8)
+    t.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    t.add_argument(
+        "--label-only", action="store_true", help="reason from labels only, even where reports exist"
+    )
+    t.add_argument("--no-progress", action="store_true")
+
     p = data_sub.add_parser(
         "phantom", help="write a phantom CXR dataset (procedural images, labels, reports)"
     )
@@ -179,6 +196,22 @@ def _data_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_teach(args: argparse.Namespace) -> int:
+    from cxmind.data.teacher import TeacherConfig, teach_record_set
+
+    config = TeacherConfig(
+        base_url=args.base_url,
+        model=args.model,
+        api_key_env=args.api_key_env,
+        max_concurrency=args.max_concurrency,
+        timeout_s=args.timeout,
+    )
+    stats = teach_record_set(args.records, config, label_only=args.label_only, progress=not args.no_progress)
+    print(stats)
+    print(f"traces: {args.records / 'teacher.traces.jsonl'}")
+    return 0
+
+
 def _data_phantom(args: argparse.Namespace) -> int:
     from cxmind.data.phantom import write_phantom_dataset
 
@@ -199,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                 "build": _data_build,
                 "validate": _data_validate,
                 "push": _data_push,
+                "teach": _data_teach,
                 "phantom": _data_phantom,
             }
             return handler[args.data_command](args)

@@ -248,3 +248,48 @@ def test_push_sends_shards_card_and_scrubbed_metadata_in_one_commit(records_dir,
         and str(records_dir.parent) not in meta_op.path_or_fileobj.decode()
     )
     assert "hf_secret_token_value" not in capsys.readouterr().out
+
+
+def test_teach_rewrites_gold_traces_through_an_openai_compatible_server(records_dir, tmp_path):
+    import re
+    import shutil
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Teacher(BaseHTTPRequestHandler):
+        def do_POST(self):  # writes its own thinks around the answer blocks the prompt dictates
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            prompt = body["messages"][-1]["content"]
+            answers = re.findall(r"^\d+\. [a-z ]+round: (<answer>.*?</answer>)$", prompt, re.M)
+            text = " ".join(
+                f"<think>Teacher reasoning for step {i}.</think> {a}" for i, a in enumerate(answers)
+            )
+            reply = json.dumps(
+                {"choices": [{"message": {"content": text}, "finish_reason": "stop"}]}
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Teacher)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    out = tmp_path / "set"
+    shutil.copytree(records_dir, out)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        assert main(["data", "teach", str(out), "--base-url", url, "--model", "fake", "--no-progress"]) == 0
+    finally:
+        server.shutdown()
+    dataset = load_records(out, decode_images=False)
+    rows = [row for split in dataset for row in dataset[split]]
+    taught = [row for row in rows if row["solution"] and "Teacher reasoning" in row["solution"]]
+    assert taught, "no record received a teacher trace"
+    for row in taught:
+        s = score(row["solution"], row["solution"], row["task_type"], options=row["options"])
+        assert (s.format, s.outcome) == (1.0, 1.0)
+    assert (out / "teacher.traces.jsonl").is_file()

@@ -57,6 +57,7 @@ __all__ = [
     "apply_traces",
     "read_jsonl",
     "rejects_path",
+    "teach_record_set",
     "teacher_messages",
     "write_traces",
 ]
@@ -675,3 +676,49 @@ def apply_traces(records: Sequence[Record], traces_path: Path | str, *, verify: 
             "%s: %d traces no longer pass the filter against the current gold; kept the gold", path, stale
         )
     return out
+
+
+def teach_record_set(
+    out: Path | str,
+    config: TeacherConfig,
+    *,
+    label_only: bool = False,
+    client: Client | None = None,
+    progress: bool = True,
+) -> TeacherStats:
+    """Run the teacher over a built record set and write accepted traces into its shards.
+
+    Reports are taken from the set's own ``report_findings``/``report_impression`` records of the
+    same study (a record whose study has none is skipped and counted); with ``label_only`` or a set
+    without reports, the teacher reasons from labels alone. Traces accumulate in
+    ``teacher.traces.jsonl`` (resumable); each shard is rewritten atomically with the accepted ones.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    shards = sorted((out / "data").glob("*.parquet"))
+    if not shards:
+        raise FileNotFoundError(f"{out}/data holds no parquet shard; build the record set first")
+    rows = [row for shard in shards for row in pq.read_table(shard).to_pylist()]
+    sections: dict[tuple[str, str], list[str]] = {}
+    for row in rows:
+        if row["task"] in ("report_findings", "report_impression"):
+            label = "Findings" if row["task"] == "report_findings" else "Impression"
+            sections.setdefault((row["source"], row["study_id"]), []).append(f"{label}: {row['answer']}")
+    records = [Record(**row) for row in rows if row["task_type"] in _TEACHABLE]
+
+    def report_of(record: Record) -> str | None:
+        return "\n".join(sections.get((record.source, record.study_id), ())) or None
+
+    reports = None if label_only or not sections else report_of
+    traces = out / "teacher.traces.jsonl"
+    stats = write_traces(records, reports, traces, config, client=client, progress=progress)
+    if traces.exists():
+        for shard in shards:
+            table = pq.read_table(shard)
+            updated = apply_traces([Record(**row) for row in table.to_pylist()], traces)
+            tmp = shard.with_suffix(".parquet.tmp")
+            pq.write_table(pa.Table.from_pylist([r.to_row() for r in updated], schema=table.schema), tmp)
+            os.replace(tmp, shard)
+    return stats
