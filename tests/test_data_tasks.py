@@ -39,7 +39,7 @@ def study(positives=("Cardiomegaly", "Pleural Effusion"), sid="s2", order=1, **k
 
 
 def build_all(s, **kw):
-    builder = TaskBuilder(TaskConfig(seed=0), SPACE)
+    builder = TaskBuilder(TaskConfig(seed=0))
     other = ("p9", Report(findings="Normal heart. Lungs clear."), ())
     return builder.build(s, "train", other_report=other, **kw)
 
@@ -65,13 +65,13 @@ def test_building_is_deterministic_and_seed_dependent():
     a, _ = build_all(study())
     b, _ = build_all(study())
     assert a == b
-    other = TaskBuilder(TaskConfig(seed=1), SPACE).build(study(), "train")[0]
+    other = TaskBuilder(TaskConfig(seed=1)).build(study(), "train")[0]
     assert [r.question + str(r.options) for r in a] != [r.question + str(r.options) for r in other]
 
 
 def test_single_choice_distractors_are_known_absent_findings():
     for sid in range(30):
-        records, _ = TaskBuilder(TaskConfig(seed=0), SPACE).build(study(sid=f"s{sid}"), "train")
+        records, _ = TaskBuilder(TaskConfig(seed=0)).build(study(sid=f"s{sid}"), "train")
         (single,) = [r for r in records if r.task == "disease_single_choice"]
         names = [o.split(") ", 1)[1] for o in single.options]
         gold = names["ABCD".index(single.answer)]
@@ -117,7 +117,7 @@ def test_traces_cite_report_sentences_with_the_right_polarity():
 def test_progression_between_consecutive_studies(before, after, gold):
     prev = study(positives=before, sid="s1", order=0, boxes=())
     cur = study(positives=after, sid="s2", order=1, boxes=())
-    records, _ = TaskBuilder(TaskConfig(tasks=("progression",)), SPACE).build(cur, "train", previous=prev)
+    records, _ = TaskBuilder(TaskConfig(tasks=("progression",))).build(cur, "train", previous=prev)
     (record,) = records
     assert record.answer == gold and record.images == ["images/s1.png", "images/s2.png"]
 
@@ -126,7 +126,7 @@ def test_grounding_boxes_are_in_the_resized_frame():
     from cxmind.data.images import ImageBudget, smart_resize
 
     budget = ImageBudget(min_pixels=56 * 56, max_pixels=448 * 448)
-    records, _ = TaskBuilder(TaskConfig(tasks=("grounding",), budget=budget), SPACE).build(study(), "train")
+    records, _ = TaskBuilder(TaskConfig(tasks=("grounding",), budget=budget)).build(study(), "train")
     (record,) = records
     h, w = smart_resize(1024, 1024, budget)
     assert (h, w) == (448, 448)
@@ -164,7 +164,7 @@ def test_builder_rejects_records_whose_trace_fails_the_filter(monkeypatch):
         return "<think>only one round</think><answer>A) ✅</answer>"
 
     monkeypatch.setattr(tasks, "closed_trace", broken)
-    records, rejects = TaskBuilder(TaskConfig(tasks=("disease_binary", "disease_open")), SPACE).build(
+    records, rejects = TaskBuilder(TaskConfig(tasks=("disease_binary", "disease_open"))).build(
         study(), "train"
     )
     assert [r.task for r in records] == ["disease_open"]

@@ -221,7 +221,7 @@ def build(config: BuildConfig, *, progress: bool = True) -> BuildSummary:
                     fractions=config.split_fractions,
                     seed=config.task.seed,
                 )
-                builder = TaskBuilder(config.task, getattr(source, "label_space", ()))
+                builder = TaskBuilder(config.task)
                 reports = [(s.patient_id, s.report, s.positives) for s in studies if s.report is not None]
                 materializer = (
                     _Materializer(spec, out, staging, config.task.budget)

@@ -104,9 +104,8 @@ class _Context:
 class TaskBuilder:
     """Builds the configured tasks for the studies of one source."""
 
-    def __init__(self, config: TaskConfig, label_space: Sequence[str] = ()) -> None:
+    def __init__(self, config: TaskConfig) -> None:
         self.config = config
-        self.label_space = tuple(label_space)
 
     def build(
         self,
