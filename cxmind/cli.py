@@ -11,8 +11,8 @@ from cxmind import __version__
 _NOT_YET = (
     "cxmind {command}: not yet available in cxmind {version}. This release ships the interleaved "
     "format (cxmind.format), the finding vocabulary (cxmind.vocab), the CuRL-VPR rewards "
-    "(cxmind.rewards), the data builders (`cxmind data`) and the offline tiny model (cxmind.testing); "
-    "training, evaluation and the end-to-end demo follow."
+    "(cxmind.rewards), the data builders (`cxmind data`), evaluation (`cxmind eval`, `cxmind predict`) "
+    "and the offline tiny model (cxmind.testing); training and the end-to-end demo follow."
 )
 
 
@@ -127,7 +127,53 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("demo", help="run the CPU demo: tiny model, phantom data, SFT -> GRPO -> evaluation")
     _add_data_commands(sub)
+    _add_eval_commands(sub)
     return parser
+
+
+def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model folder or Hub id (Qwen2.5-VL family)")
+    parser.add_argument("--adapter", default=None, help="PEFT adapter folder or Hub id")
+    parser.add_argument("--backend", choices=("hf", "vllm"), default="hf", help="hf (CPU/GPU) or vllm (GPU)")
+    parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"))
+    parser.add_argument("--min-pixels", type=int, default=None, help="image budget, as in training")
+    parser.add_argument("--max-pixels", type=int, default=None, help="image budget, as in training")
+
+
+def _add_eval_commands(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser(
+        "eval",
+        help="evaluate a model on a record split: results.json, results.md, report.html",
+        description="Generate on every record of a split (resumable), score each task with bootstrap CIs, "
+        "and write results.json, a Markdown table and a self-contained HTML reasoning report.",
+    )
+    _add_generation_arguments(e)
+    e.add_argument("--data", required=True, type=Path, help="a record set folder (`cxmind data build`)")
+    e.add_argument(
+        "--out", required=True, type=Path, help="output folder (predictions.jsonl makes it resumable)"
+    )
+    e.add_argument("--split", default="test")
+    e.add_argument("--tasks", default=None, help="comma-separated tasks (default: all in the split)")
+    e.add_argument("--limit", type=int, default=None, help="evaluate only the first N records (recorded)")
+    e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs")
+    e.add_argument("--bertscore-model", default=None, help="local BERTScore model folder (else skipped)")
+    e.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("predict", help="answer one question about one image and print the reasoning rounds")
+    _add_generation_arguments(p)
+    p.add_argument("--image", required=True, type=Path, help="a PNG/JPEG/DICOM file")
+    p.add_argument("--question", required=True)
+    p.add_argument(
+        "--task-type",
+        choices=("closed", "open", "report"),
+        default="open",
+        help="closed: pass --option for each option; open: finding list; report: free text",
+    )
+    p.add_argument("--option", action="append", default=None, help='an option, e.g. --option "A) Edema"')
 
 
 def _budget(args: argparse.Namespace):
@@ -138,6 +184,73 @@ def _budget(args: argparse.Namespace):
         min_pixels=args.min_pixels if args.min_pixels is not None else default.min_pixels,
         max_pixels=args.max_pixels if args.max_pixels is not None else default.max_pixels,
     )
+
+
+def _generation(args: argparse.Namespace):
+    from cxmind.eval.generate import GenerationConfig
+
+    return GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        temperature=args.temperature,
+        seed=args.seed,
+        dtype=args.dtype,
+        budget=_budget(args),
+    )
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from cxmind.eval.run import EvalConfig, evaluate
+
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks else None
+    config = EvalConfig(
+        model=args.model,
+        data=args.data,
+        out=args.out,
+        adapter=args.adapter,
+        split=args.split,
+        backend=args.backend,
+        tasks=tasks,
+        limit=args.limit,
+        generation=_generation(args),
+        n_bootstrap=args.bootstrap,
+        bertscore_model=args.bertscore_model,
+    )
+    results = evaluate(config, progress=not args.no_progress)
+    from cxmind.eval.html import markdown_table
+
+    print(markdown_table(results))
+    print(f"results: {args.out / 'results.json'}\nreport: {args.out / 'report.html'}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from cxmind.data.images import read_image, smart_resize
+    from cxmind.eval.generate import load_backend
+    from cxmind.format import mark_of, parse
+
+    config = _generation(args)
+    image = read_image(args.image)
+    height, width = smart_resize(image.height, image.width, config.budget)
+    image = image.resize((width, height))
+    record = {"question": args.question, "task_type": args.task_type, "options": args.option, "images": ["x"]}
+    if args.task_type == "closed" and args.option:
+        record["question"] = args.question + "\n" + "\n".join(args.option)
+    from cxmind.data.prompts import prompt_messages
+
+    backend = load_backend(args.backend, args.model, args.adapter, config)
+    ((text, n_tokens),) = backend.generate([(prompt_messages(record), [image])])
+    parsed = parse(text)
+    if not parsed.rounds or args.task_type == "report":
+        print(text)
+    for i, round_ in enumerate(parsed.rounds, 1):
+        mark = mark_of(round_.answer)
+        verdict = {"✅": "  [accepted]", "❌": "  [rejected]"}.get(mark or "", "")
+        print(f"round {i}\n  think : {round_.think}\n  answer: {round_.answer}{verdict}")
+    if parsed.errors:
+        print(f"format problems: {'; '.join(parsed.errors)}")
+    print(f"({n_tokens} tokens)")
+    return 0
 
 
 def _data_build(args: argparse.Namespace) -> int:
@@ -227,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if args.command == "eval":
+            return _eval(args)
+        if args.command == "predict":
+            return _predict(args)
         if args.command == "data":
             handler = {
                 "build": _data_build,
@@ -236,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                 "phantom": _data_phantom,
             }
             return handler[args.data_command](args)
-    except (UsageError, ValueError, FileNotFoundError, FileExistsError, KeyError) as error:
+    except (UsageError, ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"cxmind {args.command}: error: {message}", file=sys.stderr)
         return 2

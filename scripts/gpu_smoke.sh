@@ -58,4 +58,27 @@ else:
     assert outs[0].outputs[0].token_ids, "vLLM generated nothing"
     print(f"ok vllm-generate: {len(outs[0].outputs[0].token_ids)} tokens")
 PY
+
+# Evaluation on the GPU: phantom records -> `cxmind eval` (HF backend, bf16; vLLM when installed).
+work=$(mktemp -d)
+pixels="--min-pixels 3136 --max-pixels 50176"
+python3 -m cxmind data phantom "$work/phantom" --patients 12 --size 224
+python3 -m cxmind data build --source phantom="$work/phantom" --out "$work/records" --no-progress $pixels
+python3 -m cxmind eval --model "$(python3 -c 'from cxmind.testing import build_tiny_qwen25_vl as b; print(b())')" \
+    --data "$work/records" --split train --out "$work/eval" --dtype bfloat16 --max-new-tokens 32 \
+    --batch-size 16 --bootstrap 100 --no-progress $pixels > "$work/eval.log"
+python3 - "$work/eval" <<'PY'
+import json, sys
+results = json.load(open(f"{sys.argv[1]}/results.json"))
+assert results["n_records"] > 50 and results["metrics"]["by_task"], results.keys()
+print(f"ok eval hf bf16: {results['n_records']} records, {len(results['metrics']['by_task'])} tasks")
+PY
+if python3 -c "import vllm" 2>/dev/null; then
+    python3 -m cxmind eval --model "$(python3 -c 'from cxmind.testing import build_tiny_qwen25_vl as b; print(b())')" \
+        --data "$work/records" --split train --out "$work/eval-vllm" --backend vllm --dtype bfloat16 \
+        --max-new-tokens 32 --bootstrap 100 --no-progress $pixels > "$work/eval-vllm.log"
+    echo "ok eval vllm"
+else
+    echo "skip eval vllm: vllm not installed"
+fi
 echo "gpu smoke: ok"
