@@ -186,6 +186,11 @@ def _budget(args: argparse.Namespace):
     )
 
 
+def _task_list(text: str) -> tuple[str, ...]:
+    """``"a, b,"`` -> ``("a", "b")`` (the --tasks syntax)."""
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
 def _generation(args: argparse.Namespace):
     from cxmind.eval.generate import GenerationConfig
 
@@ -202,7 +207,7 @@ def _generation(args: argparse.Namespace):
 def _eval(args: argparse.Namespace) -> int:
     from cxmind.eval.run import EvalConfig, evaluate
 
-    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks else None
+    tasks = _task_list(args.tasks) if args.tasks else None
     config = EvalConfig(
         model=args.model,
         data=args.data,
@@ -267,7 +272,7 @@ def _data_build(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--split-fractions {args.split_fractions!r}: expected three numbers like 0.8,0.1,0.1"
         )
-    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    tasks = _task_list(args.tasks)
     config = BuildConfig(
         sources=[parse_source_spec(s, args.source_option) for s in args.source],
         out=args.out,
