@@ -36,6 +36,7 @@ __all__ = [
     "option_letter",
     "option_letters",
     "parse",
+    "question_letters",
     "render",
     "render_closed",
     "render_open",
@@ -237,6 +238,18 @@ def option_letters(options: Sequence[str] | Mapping[str, str] | str | None) -> t
     if len(items) > len(DEFAULT_LETTERS):
         raise ValueError(f"{len(items)} options given; at most {len(DEFAULT_LETTERS)} (A–H) are supported")
     return tuple(DEFAULT_LETTERS[: len(items)])
+
+
+def question_letters(
+    options: Sequence[str] | Mapping[str, str] | str | None, solution_rounds: Sequence[Round]
+) -> tuple[str, ...] | None:
+    """A question's option letters: the ``options`` column, else the letters the gold solution judges
+    in its rounds before the last (spec §3); ``None`` when neither gives any."""
+    letters = option_letters(options)
+    if letters:
+        return letters
+    judged = (option_letter(r.answer) for r in solution_rounds[:-1])
+    return tuple(dict.fromkeys(letter for letter in judged if letter)) or None
 
 
 def _leading_label(item: str) -> str | None:

@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from cxmind.data.images import ImageBudget, ImageError, load_image, save_normalised
+from cxmind.data.records import META_FILE
 from cxmind.data.schema import RECORD_FIELDS, Record, Study
 from cxmind.data.splits import DEFAULT_FRACTIONS, patient_splits
 from cxmind.data.tasks import Reject, TaskBuilder, TaskConfig
 
 __all__ = ["BuildConfig", "BuildSummary", "SourceSpec", "build", "parse_source_spec"]
 
-META_FILE = "cxmind_data.json"
 REJECTS_FILE = "rejects.jsonl"
 FORMAT_VERSION = 1
 

@@ -11,6 +11,7 @@ from cxmind.data.images import resolve_under
 __all__ = ["image_roots", "load_records", "push_records", "read_meta", "rejected_ids"]
 
 META_FILE = "cxmind_data.json"
+VALIDATE_REJECTS_FILE = "validate.rejects.jsonl"  # written by cxmind.data.validate
 
 
 def read_meta(out: str | Path) -> dict[str, Any]:
@@ -34,7 +35,7 @@ def image_roots(out: str | Path) -> dict[str, Path]:
 
 def rejected_ids(out: str | Path) -> set[str]:
     """Ids of records that validation rejected (``validate.rejects.jsonl``)."""
-    path = Path(out) / "validate.rejects.jsonl"
+    path = Path(out) / VALIDATE_REJECTS_FILE
     if not path.is_file():
         return set()
     with open(path, encoding="utf-8") as handle:

@@ -18,6 +18,7 @@ from functools import lru_cache
 
 from cxmind.format import render_closed, render_open
 from cxmind.rewards.scoring import DEFAULT_W_CLOSED, DEFAULT_W_OPEN, _score
+from cxmind.rewards.similarity import DEFAULT_ALPHA
 from cxmind.vocab import NO_FINDING, canonical, synonyms_of
 
 __all__ = [
@@ -173,7 +174,15 @@ def _no_similarity(prediction: str, reference: str, alpha: float) -> float:
 @lru_cache(maxsize=1 << 15)  # template traces repeat across studies; scoring each once is enough
 def _check_trace(solution: str, task_type: str, options: tuple[str, ...] | None) -> str | None:
     scores = _score(
-        solution, solution, task_type, options, "fixed", DEFAULT_W_CLOSED, DEFAULT_W_OPEN, 0.3, _no_similarity
+        solution,
+        solution,
+        task_type,
+        options,
+        "fixed",
+        DEFAULT_W_CLOSED,
+        DEFAULT_W_OPEN,
+        DEFAULT_ALPHA,
+        _no_similarity,
     )
     full_process = DEFAULT_W_CLOSED if task_type == "closed" else DEFAULT_W_OPEN
     if scores.format != 1.0:

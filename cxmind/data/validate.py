@@ -16,11 +16,9 @@ from typing import Any
 
 from cxmind.data.images import ImageBudget, ImageError, image_tokens, probe_size, read_image, resolve_under
 from cxmind.data.prompts import prompt_messages
-from cxmind.data.records import image_roots, load_records
+from cxmind.data.records import VALIDATE_REJECTS_FILE, image_roots, load_records
 
 __all__ = ["ValidationConfig", "ValidationReport", "prompt_tokens", "validate"]
-
-REJECTS_FILE = "validate.rejects.jsonl"
 
 
 @dataclass(frozen=True)
@@ -105,7 +103,7 @@ def validate(
     checker = _ImageChecker(image_roots(out), config)
     tokenizer = _load_tokenizer(config.model) if config.model else None
     report = ValidationReport()
-    with open(out / REJECTS_FILE, "w", encoding="utf-8") as rejects:
+    with open(out / VALIDATE_REJECTS_FILE, "w", encoding="utf-8") as rejects:
         for split in dataset:
             for row in tqdm(dataset[split], desc=f"validate {split}", unit=" records", disable=not progress):
                 report.checked += 1

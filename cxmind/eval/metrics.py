@@ -46,8 +46,8 @@ from cxmind.format import (
     findings_in,
     mark_of,
     option_letter,
-    option_letters,
     parse,
+    question_letters,
 )
 from cxmind.rewards.scoring import score
 from cxmind.rewards.similarity import rouge_l as _rouge_l_tokens
@@ -143,13 +143,9 @@ def predicted_letter(prediction: str, letters: Iterable[str], parsed: Parsed | N
 
 def _row_letters(row: Row) -> tuple[str, ...]:
     """The question's option letters: the options column, else the solution's judged letters, else A–H."""
-    letters = option_letters(row.get("options"))
-    if letters:
-        return letters
-    solution = parse(_text(row.get("solution")))
-    judged = (option_letter(r.answer) for r in solution.rounds[:-1])
-    derived = tuple(dict.fromkeys(letter for letter in judged if letter))
-    return derived or tuple(DEFAULT_LETTERS)
+    return question_letters(row.get("options"), parse(_text(row.get("solution"))).rounds) or tuple(
+        DEFAULT_LETTERS
+    )
 
 
 def _gold_letter(row: Row, letters: tuple[str, ...]) -> str | None:

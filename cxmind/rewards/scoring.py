@@ -18,12 +18,11 @@ from cxmind.format import (
     REJECT,
     TASK_TYPES,
     Parsed,
-    Round,
     findings_in,
     mark_of,
     option_letter,
-    option_letters,
     parse,
+    question_letters,
 )
 from cxmind.rewards import reference
 from cxmind.rewards.similarity import DEFAULT_ALPHA, similarity
@@ -158,21 +157,11 @@ def _format_score(parsed: Parsed) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def _question_letters(options: Options, gold_rounds: tuple[Round, ...]) -> tuple[str, ...] | None:
-    """The question's option letters: the options column, else the solution's judged letters."""
-    letters = option_letters(options)
-    if letters:
-        return letters
-    judged = (option_letter(r.answer) for r in gold_rounds[:-1])
-    derived = tuple(dict.fromkeys(letter for letter in judged if letter))
-    return derived or None
-
-
 def _score_closed(
     completion: str, solution: str, options: Options, w_closed: float, alpha: float, sim: Similarity
 ) -> RewardScores:
     pred, gold = parse(completion), parse(solution)
-    letters = _question_letters(options, gold.rounds)
+    letters = question_letters(options, gold.rounds)
     readable = letters or tuple(DEFAULT_LETTERS)
     fmt = _format_score(pred)
 
