@@ -18,3 +18,18 @@ def tiny_qwen25_vl_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from cxmind.testing import build_tiny_qwen25_vl
 
     return build_tiny_qwen25_vl(tmp_path_factory.mktemp("tiny-qwen2.5-vl"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def phantom_records(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A phantom record set (24 patients, every task, images ≤ 224²), built once per test session."""
+    from cxmind.data.build import BuildConfig, SourceSpec, build
+    from cxmind.data.images import ImageBudget
+    from cxmind.data.phantom import write_phantom_dataset
+    from cxmind.data.tasks import TaskConfig
+
+    root = write_phantom_dataset(tmp_path_factory.mktemp("phantom-images"), n_patients=24, seed=0, size=128)
+    out = tmp_path_factory.mktemp("phantom-records") / "set"
+    task = TaskConfig(budget=ImageBudget(max_pixels=224 * 224), seed=0)
+    build(BuildConfig(sources=[SourceSpec("phantom", root)], out=out, task=task), progress=False)
+    return out

@@ -1,0 +1,261 @@
+"""A recipe: the one YAML file a user edits to run SFT → GRPO Stage I → GRPO Stage II.
+
+Top level: the model, where runs go, PEFT, image budget and Hub settings; then ``stages``, each
+with its ``data`` and its ``args`` — the fields of :class:`~cxmind.training.sft.CXMindSFTConfig` or
+:class:`~cxmind.training.grpo.CXMindGRPOConfig` (so every TRL option is a recipe key), parsed by
+transformers' ``HfArgumentParser`` as TRL's own CLI does. Overrides use dotted keys:
+``--stages.grpo_open.learning_rate 5e-7``, ``--peft.r 32``, ``--output_dir runs/x``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cxmind.training.data import DataSource
+
+__all__ = ["STAGE_TYPES", "PeftSettings", "Recipe", "RecipeError", "StageSpec", "apply_overrides", "load_recipe"]
+
+STAGE_TYPES = ("sft", "grpo")
+_RESERVED_ARGS = ("output_dir",)  # set per stage by the pipeline
+
+
+class RecipeError(ValueError):
+    """A recipe problem a user can fix; the message names the key and the fix."""
+
+
+def _known(name: str, value: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
+    unknown = [k for k in value if k not in allowed]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise RecipeError(f"{where}: unknown key(s) {', '.join(hints)} in {name}; allowed: {', '.join(allowed)}")
+
+
+@dataclass
+class PeftSettings:
+    """LoRA/QLoRA. ``between_stages``: "merge" (each stage starts a fresh adapter on the merged
+    model; the KL reference is the merged model) or "continue" (one adapter trained through all
+    stages; its stage-start copy is loaded as TRL's "ref" adapter for the KL term)."""
+
+    method: str = "lora"
+    r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    train_vision_tower: bool = False
+    between_stages: str = "merge"
+
+    def __post_init__(self) -> None:
+        if self.method not in ("lora", "qlora"):
+            raise RecipeError(f"peft.method must be 'lora' or 'qlora', got {self.method!r}")
+        if self.between_stages not in ("merge", "continue"):
+            raise RecipeError(f"peft.between_stages must be 'merge' or 'continue', got {self.between_stages!r}")
+        if self.r < 1:
+            raise RecipeError(f"peft.r must be >= 1, got {self.r!r}")
+
+
+@dataclass
+class StageSpec:
+    """One training stage: ``type`` sft|grpo, its data sources and its trainer ``args``."""
+
+    name: str
+    type: str
+    data: list[DataSource]
+    args: dict[str, Any] = field(default_factory=dict)
+    mix: str = "concatenate"
+    push_to_hub: bool = False
+
+    def config(self, output_dir: Path, defaults: Mapping[str, Any] | None = None) -> Any:
+        """The stage's TRL config, parsed by ``HfArgumentParser`` (unknown keys name their stage).
+
+        ``defaults`` (recipe-wide values such as ``seed``) apply where the stage's args are silent.
+        """
+        from transformers import HfArgumentParser
+
+        cls = config_class(self.type)
+        allowed = [f.name for f in dataclasses.fields(cls) if f.init]
+        where = f"stage {self.name!r}"
+        _known("args", self.args, allowed, where)
+        for key in _RESERVED_ARGS:
+            if key in self.args:
+                raise RecipeError(f"{where}: args.{key} is set by the pipeline (<output_dir>/{self.name}); remove it")
+        values = {k: v for k, v in (defaults or {}).items() if v is not None and v != {}}
+        values.update(self.args)
+        values["output_dir"] = str(output_dir)
+        try:
+            (config,) = HfArgumentParser(cls).parse_dict(values)
+        except (ValueError, TypeError) as err:
+            raise RecipeError(f"{where}: invalid args: {err}") from err
+        return config
+
+
+def config_class(stage_type: str) -> type:
+    if stage_type == "sft":
+        from cxmind.training.sft import CXMindSFTConfig
+
+        return CXMindSFTConfig
+    if stage_type == "grpo":
+        from cxmind.training.grpo import CXMindGRPOConfig
+
+        return CXMindGRPOConfig
+    raise RecipeError(f"stage type must be one of {STAGE_TYPES}, got {stage_type!r}")
+
+
+@dataclass
+class Recipe:
+    """A whole multi-stage run (see module doc)."""
+
+    model: str
+    output_dir: str
+    stages: list[StageSpec]
+    model_init_kwargs: dict[str, Any] = field(default_factory=dict)
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    peft: PeftSettings | None = None
+    freeze_vision_tower: bool = False
+    seed: int | None = None
+    hub_model_id: str | None = None
+    hub_private: bool = True
+    source: str | None = None  # the recipe file, for messages
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise RecipeError("a recipe needs at least one entry under `stages`")
+        names = [s.name for s in self.stages]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise RecipeError(f"stage names must be unique; repeated: {duplicates}")
+        if self.peft is not None and self.freeze_vision_tower:
+            raise RecipeError("with peft, use peft.train_vision_tower instead of freeze_vision_tower")
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], *, source: str | None = None) -> Recipe:
+        where = source or "recipe"
+        if not isinstance(raw, Mapping):
+            raise RecipeError(f"{where}: a recipe is a YAML mapping, got {type(raw).__name__}")
+        allowed = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
+        _known("the recipe", raw, allowed, where)
+        for key in ("model", "output_dir", "stages"):
+            if key not in raw:
+                raise RecipeError(f"{where}: missing required key {key!r}")
+        values = dict(raw)
+        values["stages"] = [_stage(s, i, where) for i, s in enumerate(raw["stages"] or [])]
+        if values.get("peft") is not None:
+            peft = values["peft"]
+            _known("peft", peft, [f.name for f in dataclasses.fields(PeftSettings)], where)
+            values["peft"] = PeftSettings(**peft)
+        return cls(**values, source=source)
+
+    def stage(self, name: str) -> StageSpec:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise RecipeError(f"no stage named {name!r}; stages: {[s.name for s in self.stages]}")
+
+    def stage_config(self, stage: StageSpec) -> Any:
+        """A stage's TRL config, writing to ``<output_dir>/<stage>``, with the recipe's seed and model_init_kwargs."""
+        defaults = {"seed": self.seed, "model_init_kwargs": dict(self.model_init_kwargs or {})}
+        return stage.config(Path(self.output_dir) / stage.name, defaults)
+
+    def validate(self) -> None:
+        """Parse every stage's args now, so a typo in the last stage fails before hours of training."""
+        for stage in self.stages:
+            self.stage_config(stage)
+
+
+def _stage(raw: Any, index: int, where: str) -> StageSpec:
+    if not isinstance(raw, Mapping):
+        raise RecipeError(f"{where}: stages[{index}] must be a mapping with name, type, data, args")
+    allowed = [f.name for f in dataclasses.fields(StageSpec)]
+    _known(f"stages[{index}]", raw, allowed, where)
+    for key in ("name", "type", "data"):
+        if key not in raw:
+            raise RecipeError(f"{where}: stages[{index}] is missing {key!r}")
+    if raw["type"] not in STAGE_TYPES:
+        raise RecipeError(f"{where}: stages[{index}].type must be one of {STAGE_TYPES}, got {raw['type']!r}")
+    data = raw["data"] if isinstance(raw["data"], list) else [raw["data"]]
+    try:
+        sources = [DataSource.from_value(d) for d in data]
+    except (ValueError, TypeError) as err:
+        raise RecipeError(f"{where}: stage {raw['name']!r} data: {err}") from err
+    return StageSpec(
+        name=str(raw["name"]),
+        type=raw["type"],
+        data=sources,
+        args=dict(raw.get("args") or {}),
+        mix=raw.get("mix", "concatenate"),
+        push_to_hub=bool(raw.get("push_to_hub", False)),
+    )
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``--a.b value`` / ``--a.b=value`` pairs (values parsed as YAML) to a raw recipe dict.
+
+    ``stages.<name>.<key>`` addresses a stage's args by the stage's name
+    (``stages.<name>.data``/``mix``/``push_to_hub`` its other fields).
+    """
+    pairs: list[tuple[str, str]] = []
+    items = list(overrides)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if not item.startswith("--"):
+            raise RecipeError(f"override {item!r} must look like --key value or --key=value")
+        if "=" in item:
+            key, value = item[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(items):
+                raise RecipeError(f"override {item} has no value")
+            key, value = item[2:], items[i + 1]
+            i += 2
+        pairs.append((key, value))
+    for key, text in pairs:
+        value = yaml.safe_load(text)
+        parts = key.split(".")
+        if parts[0] == "stages" and len(parts) >= 3:
+            stages = raw.get("stages") or []
+            match = [s for s in stages if isinstance(s, dict) and s.get("name") == parts[1]]
+            if not match:
+                names = [s.get("name") for s in stages if isinstance(s, dict)]
+                raise RecipeError(f"override --{key}: no stage named {parts[1]!r}; stages: {names}")
+            stage = match[0]
+            target = stage if parts[2] in ("data", "mix", "push_to_hub", "type") else stage.setdefault("args", {})
+            _set(target, parts[2:], value)
+        else:
+            _set(raw, parts, value)
+    return raw
+
+
+def _set(target: dict[str, Any], parts: list[str], value: Any) -> None:
+    for part in parts[:-1]:
+        if target.get(part) is None:
+            target[part] = {}
+        target = target[part]
+        if not isinstance(target, dict):
+            raise RecipeError(f"cannot set {'.'.join(parts)}: {part} is not a mapping")
+    target[parts[-1]] = value
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    """Read a recipe YAML file, apply command-line overrides, validate every stage."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise RecipeError(f"recipe {path} is not valid YAML: {err}") from err
+    raw = apply_overrides(dict(raw or {}), overrides)
+    recipe = Recipe.from_dict(raw, source=str(path))
+    recipe.validate()
+    return recipe
