@@ -113,7 +113,10 @@ def test_text_only_instruction_data_mixes_with_records(phantom_records, tiny_qwe
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
     ds = load_training_data(
-        [{"path": str(path), "weight": 1.0}, {"path": str(phantom_records), "task_types": ["closed"], "weight": 1.0}],
+        [
+            {"path": str(path), "weight": 1.0},
+            {"path": str(phantom_records), "task_types": ["closed"], "weight": 1.0},
+        ],
         kind="sft",
         mix="interleave",
         seed=0,
@@ -122,7 +125,8 @@ def test_text_only_instruction_data_mixes_with_records(phantom_records, tiny_qwe
     assert {"instruction", "closed"} <= set(kinds)
     text_row = ds[kinds.index("instruction")]
     assert text_row["images"] == [] and text_row["completion"][0]["role"] == "assistant"
-    trainer = CXMindSFTTrainer(model=str(tiny_qwen25_vl_path), args=sft_args(tmp_path, max_steps=2), train_dataset=ds)
+    args = sft_args(tmp_path, max_steps=2)
+    trainer = CXMindSFTTrainer(model=str(tiny_qwen25_vl_path), args=args, train_dataset=ds)
     trainer.train()
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in trainer.state.log_history if "loss" in e)
 

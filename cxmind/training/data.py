@@ -65,7 +65,9 @@ class DataSource:
 
     def __post_init__(self) -> None:
         if self.weight is not None and not (self.weight > 0 and math.isfinite(self.weight)):
-            raise ValueError(f"data source {self.path}: weight must be a positive number, got {self.weight!r}")
+            raise ValueError(
+                f"data source {self.path}: weight must be a positive number, got {self.weight!r}"
+            )
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"data source {self.path}: limit must be >= 1, got {self.limit!r}")
 
@@ -136,7 +138,9 @@ def load_training_data(
     if len(table) == 0:
         raise ValueError(
             "the stage's data sources hold no rows after filtering: "
-            + "; ".join(f"{s.path} (split {s.split}, task_types {s.task_types}, tasks {s.tasks})" for s in specs)
+            + "; ".join(
+                f"{s.path} (split {s.split}, task_types {s.task_types}, tasks {s.tasks})" for s in specs
+            )
         )
     return table.with_transform(_row_transform(roots.roots, kind, image_budget or ImageBudget()))
 
@@ -155,7 +159,9 @@ def plain_column(dataset: Any, column: str) -> list[Any]:
 
 
 def _table(spec: DataSource, position: int, roots: _Roots, kind: str) -> Any:
-    table = _record_table(spec, position, roots) if spec.is_record_set else _plain_table(spec, position, roots)
+    table = (
+        _record_table(spec, position, roots) if spec.is_record_set else _plain_table(spec, position, roots)
+    )
     if spec.task_types:
         wanted = set(spec.task_types)
         table = table.filter(lambda row: row["task_type"] in wanted)
@@ -171,12 +177,15 @@ def _table(spec: DataSource, position: int, roots: _Roots, kind: str) -> Any:
 
 def _record_table(spec: DataSource, position: int, roots: _Roots) -> Any:
     records = load_records(spec.path, spec.split, decode_images=False)
-    keys = {source: roots.add(f"{position}:{source}", root) for source, root in image_roots(spec.path).items()}
+    keys = {
+        source: roots.add(f"{position}:{source}", root) for source, root in image_roots(spec.path).items()
+    }
 
     def reduce(row: dict[str, Any]) -> dict[str, Any]:
         if row["source"] not in keys:
             raise ValueError(
-                f"{spec.path}: record {row['id']} has source {row['source']!r} with no image root in {META_FILE}"
+                f"{spec.path}: record {row['id']} has source {row['source']!r} "
+                f"with no image root in {META_FILE}"
             )
         return {
             "id": row["id"],
@@ -203,7 +212,9 @@ def _plain_table(spec: DataSource, position: int, roots: _Roots) -> Any:
         suffix = path.suffix.lower()
         builder = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(suffix)
         if builder is None:
-            raise ValueError(f"data source {spec.path}: unsupported file type {suffix!r}; use .json, .jsonl or .parquet")
+            raise ValueError(
+                f"data source {spec.path}: unsupported file type {suffix!r}; use .json, .jsonl or .parquet"
+            )
         data = load_dataset(builder, data_files={spec.split: str(path)}, split=spec.split)
     elif path.is_dir() and not (path / META_FILE).is_file() and not any(path.iterdir()):
         raise ValueError(f"data source {spec.path} is an empty folder")
@@ -222,7 +233,9 @@ def _plain_table(spec: DataSource, position: int, roots: _Roots) -> Any:
         prompt, completion = _split_conversation(row, where)
         images = list(row.get("images") or [])
         if images and not root_key:
-            raise ValueError(f"{where} has images but the data source declares no image_root; add `image_root:`")
+            raise ValueError(
+                f"{where} has images but the data source declares no image_root; add `image_root:`"
+            )
         return {
             "id": str(row.get("id") or f"{Path(spec.path).name}:{index}"),
             "task_type": str(row.get("task_type") or "instruction"),
@@ -240,7 +253,9 @@ def _plain_table(spec: DataSource, position: int, roots: _Roots) -> Any:
     return data.map(reduce, with_indices=True, remove_columns=data.column_names, features=_features())
 
 
-def _split_conversation(row: Mapping[str, Any], where: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _split_conversation(
+    row: Mapping[str, Any], where: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(prompt messages, completion messages): ``messages`` split before its last assistant turn."""
     if row.get("messages") is not None:
         messages = list(row["messages"])

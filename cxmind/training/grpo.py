@@ -32,6 +32,7 @@ from cxmind.rewards.functions import DEFAULT_REWARD_WEIGHTS
 from cxmind.rewards.gate import DEFAULT_EMA_ALPHA, DEFAULT_MARGIN
 from cxmind.rewards.scoring import DEFAULT_W_CLOSED, DEFAULT_W_OPEN, MODES
 from cxmind.rewards.similarity import DEFAULT_ALPHA
+from cxmind.training.checkpoint import ConvertedCheckpointMixin
 from cxmind.training.curriculum import CurriculumSampler
 from cxmind.training.data import plain_column
 
@@ -51,12 +52,22 @@ class CXMindGRPOConfig(GRPOConfig):
     """
 
     reward_mode: str = field(default="fixed", metadata={"help": "CuRL-VPR parsing: 'fixed' or 'reference'."})
-    w_closed: float = field(default=DEFAULT_W_CLOSED, metadata={"help": "Process reward of a closed question."})
+    w_closed: float = field(
+        default=DEFAULT_W_CLOSED, metadata={"help": "Process reward of a closed question."}
+    )
     w_open: float = field(default=DEFAULT_W_OPEN, metadata={"help": "Process reward of an open diagnosis."})
-    think_alpha: float = field(default=DEFAULT_ALPHA, metadata={"help": "BLEU-1 share of the think similarity."})
-    gate: bool = field(default=True, metadata={"help": "Gate think/process rewards on batch accuracy (spec §4)."})
-    gate_ema_alpha: float = field(default=DEFAULT_EMA_ALPHA, metadata={"help": "EMA rate of the gate's accuracy."})
-    gate_margin: float = field(default=DEFAULT_MARGIN, metadata={"help": "Batch accuracy must reach EMA + margin."})
+    think_alpha: float = field(
+        default=DEFAULT_ALPHA, metadata={"help": "BLEU-1 share of the think similarity."}
+    )
+    gate: bool = field(
+        default=True, metadata={"help": "Gate think/process rewards on batch accuracy (spec §4)."}
+    )
+    gate_ema_alpha: float = field(
+        default=DEFAULT_EMA_ALPHA, metadata={"help": "EMA rate of the gate's accuracy."}
+    )
+    gate_margin: float = field(
+        default=DEFAULT_MARGIN, metadata={"help": "Batch accuracy must reach EMA + margin."}
+    )
     curriculum: str = field(
         default="mixed",
         metadata={
@@ -68,7 +79,9 @@ class CXMindGRPOConfig(GRPOConfig):
     curriculum_stage_order: list[str] = field(
         default_factory=lambda: ["closed", "open"], metadata={"help": "Task types in curriculum order."}
     )
-    curriculum_ramp_start: float = field(default=0.0, metadata={"help": "Ramp start, as a fraction of the run."})
+    curriculum_ramp_start: float = field(
+        default=0.0, metadata={"help": "Ramp start, as a fraction of the run."}
+    )
     curriculum_ramp_end: float = field(default=1.0, metadata={"help": "Ramp end, as a fraction of the run."})
     curriculum_adaptive: bool = field(
         default=False,
@@ -77,7 +90,9 @@ class CXMindGRPOConfig(GRPOConfig):
     curriculum_saturation_patience: int = field(
         default=1, metadata={"help": "Zero-variance groups in a row before a prompt is skipped."}
     )
-    curriculum_revisit_after: int = field(default=2, metadata={"help": "Epochs after which a skipped prompt returns."})
+    curriculum_revisit_after: int = field(
+        default=2, metadata={"help": "Epochs after which a skipped prompt returns."}
+    )
 
     def __post_init__(self) -> None:
         if self.reward_mode not in MODES:
@@ -85,7 +100,7 @@ class CXMindGRPOConfig(GRPOConfig):
         super().__post_init__()
 
 
-class CXMindGRPOTrainer(GRPOTrainer):
+class CXMindGRPOTrainer(ConvertedCheckpointMixin, GRPOTrainer):
     """``trl.GRPOTrainer`` with CuRL-VPR rewards, the accuracy gate and the curriculum sampler."""
 
     def __init__(
@@ -119,9 +134,7 @@ class CXMindGRPOTrainer(GRPOTrainer):
 
     def _find_gate_columns(self) -> tuple[int, list[int]]:
         """(outcome column, think/process columns) among the reward functions; error if no outcome."""
-        components = {
-            f.component: i for i, f in enumerate(self.reward_funcs) if isinstance(f, CuRLReward)
-        }
+        components = {f.component: i for i, f in enumerate(self.reward_funcs) if isinstance(f, CuRLReward)}
         if "outcome" not in components:
             raise ValueError(
                 "gate=True needs the CuRL-VPR outcome reward among reward_funcs (cxmind.rewards.CuRLReward"
@@ -207,7 +220,9 @@ class CXMindGRPOTrainer(GRPOTrainer):
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
             state = {"gate": self.gates["train"].state_dict()}
             if self.curriculum_sampler is not None:
                 state["curriculum"] = self.curriculum_sampler.state_dict()

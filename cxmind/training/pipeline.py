@@ -116,7 +116,11 @@ def _run_stage(
     config = recipe.stage_config(stage)
     processor = load_processor(recipe)
     data = load_training_data(
-        stage.data, kind=stage.type, image_budget=ImageBudget.from_processor(processor), mix=stage.mix, seed=config.seed
+        stage.data,
+        kind=stage.type,
+        image_budget=ImageBudget.from_processor(processor),
+        mix=stage.mix,
+        seed=config.seed,
     )
     model, peft_config, quantization = _policy(recipe, start_model, start_adapter, config)
     trainer_class = _trainer_class(stage.type)
@@ -200,7 +204,9 @@ def _policy(recipe: Recipe, start_model: str, start_adapter: str | None, config:
             init["quantization_config"] = quantization
         base = create_model_from_path(start_model, **init)
         model = PeftModel.from_pretrained(base, start_adapter, is_trainable=True)
-        model.load_adapter(start_adapter, adapter_name="ref", is_trainable=False)  # KL reference (TRL's "ref")
+        model.load_adapter(
+            start_adapter, adapter_name="ref", is_trainable=False
+        )  # KL reference (TRL's "ref")
         model.set_adapter("default")
         return model, None, None
     if peft is not None:
@@ -239,7 +245,9 @@ def _quantization(peft: PeftSettings) -> Any:
     import torch
 
     if not torch.cuda.is_available():
-        raise RecipeError("peft.method 'qlora' needs a CUDA GPU (bitsandbytes 4-bit); use 'lora' on this machine")
+        raise RecipeError(
+            "peft.method 'qlora' needs a CUDA GPU (bitsandbytes 4-bit); use 'lora' on this machine"
+        )
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as err:

@@ -20,7 +20,15 @@ import yaml
 
 from cxmind.training.data import DataSource
 
-__all__ = ["STAGE_TYPES", "PeftSettings", "Recipe", "RecipeError", "StageSpec", "apply_overrides", "load_recipe"]
+__all__ = [
+    "STAGE_TYPES",
+    "PeftSettings",
+    "Recipe",
+    "RecipeError",
+    "StageSpec",
+    "apply_overrides",
+    "load_recipe",
+]
 
 STAGE_TYPES = ("sft", "grpo")
 _RESERVED_ARGS = ("output_dir",)  # set per stage by the pipeline
@@ -37,7 +45,9 @@ def _known(name: str, value: Mapping[str, Any], allowed: Sequence[str], where: s
         for key in unknown:
             close = difflib.get_close_matches(key, allowed, n=1)
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise RecipeError(f"{where}: unknown key(s) {', '.join(hints)} in {name}; allowed: {', '.join(allowed)}")
+        raise RecipeError(
+            f"{where}: unknown key(s) {', '.join(hints)} in {name}; allowed: {', '.join(allowed)}"
+        )
 
 
 @dataclass
@@ -58,7 +68,9 @@ class PeftSettings:
         if self.method not in ("lora", "qlora"):
             raise RecipeError(f"peft.method must be 'lora' or 'qlora', got {self.method!r}")
         if self.between_stages not in ("merge", "continue"):
-            raise RecipeError(f"peft.between_stages must be 'merge' or 'continue', got {self.between_stages!r}")
+            raise RecipeError(
+                f"peft.between_stages must be 'merge' or 'continue', got {self.between_stages!r}"
+            )
         if self.r < 1:
             raise RecipeError(f"peft.r must be >= 1, got {self.r!r}")
 
@@ -87,7 +99,9 @@ class StageSpec:
         _known("args", self.args, allowed, where)
         for key in _RESERVED_ARGS:
             if key in self.args:
-                raise RecipeError(f"{where}: args.{key} is set by the pipeline (<output_dir>/{self.name}); remove it")
+                raise RecipeError(
+                    f"{where}: args.{key} is set by the pipeline (<output_dir>/{self.name}); remove it"
+                )
         values = {k: v for k, v in (defaults or {}).items() if v is not None and v != {}}
         values.update(self.args)
         values["output_dir"] = str(output_dir)
@@ -162,7 +176,7 @@ class Recipe:
         raise RecipeError(f"no stage named {name!r}; stages: {[s.name for s in self.stages]}")
 
     def stage_config(self, stage: StageSpec) -> Any:
-        """A stage's TRL config, writing to ``<output_dir>/<stage>``, with the recipe's seed and model_init_kwargs."""
+        """The stage's TRL config: output in ``<output_dir>/<stage>``, recipe seed and model_init_kwargs."""
         defaults = {"seed": self.seed, "model_init_kwargs": dict(self.model_init_kwargs or {})}
         return stage.config(Path(self.output_dir) / stage.name, defaults)
 
@@ -229,7 +243,9 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
                 names = [s.get("name") for s in stages if isinstance(s, dict)]
                 raise RecipeError(f"override --{key}: no stage named {parts[1]!r}; stages: {names}")
             stage = match[0]
-            target = stage if parts[2] in ("data", "mix", "push_to_hub", "type") else stage.setdefault("args", {})
+            target = (
+                stage if parts[2] in ("data", "mix", "push_to_hub", "type") else stage.setdefault("args", {})
+            )
             _set(target, parts[2:], value)
         else:
             _set(raw, parts, value)

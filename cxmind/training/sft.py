@@ -19,6 +19,8 @@ from typing import Any
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
+from cxmind.training.checkpoint import ConvertedCheckpointMixin
+
 __all__ = ["CXMindSFTConfig", "CXMindSFTTrainer", "CXMindVisionCollator", "SequenceTooLongError"]
 
 
@@ -45,8 +47,9 @@ class CXMindVisionCollator(DataCollatorForVisionLanguageModeling):
             if over:
                 listed = ", ".join(f"{i} ({n} tokens)" for i, n in over)
                 raise SequenceTooLongError(
-                    f"{len(over)} sample(s) exceed max_length={self.length_limit}: {listed}. Truncating would cut "
-                    "image tokens or the gold trajectory; raise `max_length`, lower the image `max_pixels`, or "
+                    f"{len(over)} sample(s) exceed max_length={self.length_limit}: {listed}. Truncating "
+                    "would cut image tokens or the gold trajectory; raise `max_length`, lower the image "
+                    "`max_pixels`, or "
                     "reject long rows first with `cxmind data validate --max-prompt-tokens N "
                     "--max-completion-tokens M`"
                 )
@@ -65,7 +68,7 @@ class CXMindSFTConfig(SFTConfig):
     remove_unused_columns: bool = False
 
 
-class CXMindSFTTrainer(SFTTrainer):
+class CXMindSFTTrainer(ConvertedCheckpointMixin, SFTTrainer):
     """``trl.SFTTrainer`` whose vision collator raises instead of truncating (see module doc)."""
 
     def __init__(self, *args: Any, data_collator: Any = None, **kwargs: Any) -> None:
