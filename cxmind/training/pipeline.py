@@ -158,7 +158,7 @@ def _run_stage(
     if accelerator.is_main_process:
         _write_card(recipe, stage, config, result)
         if stage.push_to_hub:
-            _push(recipe, stage, result)
+            _push(recipe, stage, config, result)
         tmp = out / f".{DONE_FILE}.tmp"
         tmp.write_text(json.dumps({**asdict(result), "skipped": False}, indent=2), encoding="utf-8")
         os.replace(tmp, out / DONE_FILE)
@@ -345,20 +345,23 @@ def _write_card(recipe: Recipe, stage: StageSpec, config: Any, result: StageResu
     from cxmind.hub import write_model_card
 
     kwargs = _card_kwargs(recipe, stage, config, result)
-    write_model_card(result.output_dir, **kwargs)
-    if result.model.endswith("merged"):
-        write_model_card(result.model, **{**kwargs, "adapter": False})
+    write_model_card(result.output_dir, **{**kwargs, "adapter": recipe.peft is not None})
+    if recipe.peft is not None and result.adapter is None:  # LoRA "merge": the merged model has a card too
+        write_model_card(result.model, **kwargs)
 
 
-def _push(recipe: Recipe, stage: StageSpec, result: StageResult) -> None:
+def _push(recipe: Recipe, stage: StageSpec, config: Any, result: StageResult) -> None:
+    """Push what a user can load: the adapter (LoRA "continue", on the recipe's base model), the
+    merged model (LoRA "merge": later adapters sit on merged weights no one else has) or the full model."""
     from cxmind.hub import push_stage
 
     if not recipe.hub_model_id:
         raise RecipeError(f"stage {stage.name!r} has push_to_hub: true but the recipe sets no hub_model_id")
-    folder = result.output_dir if result.adapter is not None or recipe.peft is None else result.model
+    kwargs = _card_kwargs(recipe, stage, config, result)
     push_stage(
-        folder,
+        result.output_dir if result.adapter is not None else result.model,
         f"{recipe.hub_model_id}-{stage.name}",
         private=recipe.hub_private,
         commit_message=f"cxmind: stage {stage.name}",
+        **kwargs,
     )

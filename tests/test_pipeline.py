@@ -1,0 +1,180 @@
+"""The multi-stage pipeline: SFT → GRPO closed → GRPO open from one recipe; skip finished, resume."""
+
+import json
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from cxmind.training.pipeline import DONE_FILE, run_pipeline
+from cxmind.training.recipe import Recipe, RecipeError, apply_overrides
+
+pytestmark = pytest.mark.slow
+
+CPU = {"use_cpu": True, "bf16": False, "report_to": "none", "logging_steps": 1, "learning_rate": 1e-3}
+GRPO = {
+    **CPU,
+    "per_device_train_batch_size": 4,
+    "num_generations": 4,
+    "max_completion_length": 12,
+    "max_steps": 2,
+    "save_strategy": "steps",
+    "save_steps": 1,
+}
+
+
+def recipe_dict(model, records, out, peft=None):
+    raw = {
+        "model": str(model),
+        "output_dir": str(out),
+        "seed": 0,
+        "max_pixels": 224 * 224,
+        "stages": [
+            {
+                "name": "sft",
+                "type": "sft",
+                "data": [{"path": str(records), "task_types": ["closed", "open"]}],
+                "args": {**CPU, "per_device_train_batch_size": 4, "max_steps": 2, "save_strategy": "no"},
+            },
+            {
+                "name": "grpo_closed",
+                "type": "grpo",
+                "data": [{"path": str(records), "task_types": ["closed"]}],
+                "args": dict(GRPO),
+            },
+            {
+                "name": "grpo_open",
+                "type": "grpo",
+                "data": [{"path": str(records), "task_types": ["open"]}],
+                "args": dict(GRPO),
+            },
+        ],
+    }
+    if peft is not None:
+        raw["peft"] = peft
+    return raw
+
+
+class Interrupt(TrainerCallback):
+    """Simulates a crash in one stage right after its first checkpoint is written."""
+
+    def __init__(self, stage):
+        self.stage = stage
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.output_dir.endswith(self.stage) and state.global_step == 1:
+            raise KeyboardInterrupt("simulated preemption")
+
+
+class Spy(TrainerCallback):
+    def __init__(self):
+        self.starts = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        adapters = sorted(getattr(model, "peft_config", {}) or {})
+        self.starts.append((args.output_dir.rsplit("/", 1)[-1], state.global_step, adapters))
+
+
+def test_full_pipeline_runs_skips_and_resumes(tiny_qwen25_vl_path, phantom_records, tmp_path):
+    recipe = Recipe.from_dict(recipe_dict(tiny_qwen25_vl_path, phantom_records, tmp_path / "run"))
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(recipe, callbacks=[Interrupt("grpo_closed")])
+    assert (tmp_path / "run" / "sft" / DONE_FILE).is_file()
+    assert not (tmp_path / "run" / "grpo_closed" / DONE_FILE).exists()
+    assert (tmp_path / "run" / "grpo_closed" / "checkpoint-1").is_dir()
+
+    spy = Spy()
+    results = run_pipeline(recipe, callbacks=[spy])
+    assert [r.name for r in results] == ["sft", "grpo_closed", "grpo_open"]
+    assert [r.skipped for r in results] == [True, False, False]
+    assert results[1].resumed_from == "checkpoint-1" and results[2].resumed_from is None
+    # the interrupted stage continued at step 1, the next one started fresh
+    assert [(name, step) for name, step, _ in spy.starts] == [("grpo_closed", 1), ("grpo_open", 0)]
+    # each stage starts from the previous one's weights
+    assert results[1].model == str(tmp_path / "run" / "grpo_closed")
+    for result in results:
+        folder = tmp_path / "run" / result.name
+        assert (folder / "model.safetensors").is_file() and (folder / DONE_FILE).is_file()
+        card = (folder / "README.md").read_text()
+        assert "not for clinical use" in card.lower()
+    open_card = (tmp_path / "run" / "grpo_open" / "README.md").read_text()
+    assert "grpo_closed" in open_card and "sft" in open_card
+    assert str(tmp_path) not in open_card
+
+    # a third run has nothing left to do
+    again = run_pipeline(recipe)
+    assert all(r.skipped for r in again)
+
+
+def test_each_stage_starts_from_and_is_regularised_towards_the_previous_one(
+    tiny_qwen25_vl_path, phantom_records, tmp_path, monkeypatch
+):
+    from transformers import AutoModelForImageTextToText
+    from trl.trainer import grpo_trainer
+
+    loaded = []
+    real = grpo_trainer.create_model_from_path
+    monkeypatch.setattr(
+        grpo_trainer, "create_model_from_path", lambda path, **kw: loaded.append(path) or real(path, **kw)
+    )
+    raw = recipe_dict(tiny_qwen25_vl_path, phantom_records, tmp_path / "run")
+    raw["stages"] = raw["stages"][:2]
+    raw["stages"][1]["args"]["beta"] = 0.01
+    results = run_pipeline(Recipe.from_dict(raw))
+    base = AutoModelForImageTextToText.from_pretrained(tiny_qwen25_vl_path).state_dict()
+    sft = AutoModelForImageTextToText.from_pretrained(results[0].output_dir).state_dict()
+    assert any(not torch.equal(base[k], sft[k]) for k in base)
+    # GRPO's policy and its KL reference (beta > 0) are both loaded from the SFT stage's output
+    assert loaded == [results[0].output_dir, results[0].output_dir]
+
+
+@pytest.mark.parametrize("between", ["merge", "continue"])
+def test_lora_pipeline(tiny_qwen25_vl_path, phantom_records, tmp_path, between):
+    peft = {"r": 4, "lora_alpha": 8, "between_stages": between, "train_vision_tower": False}
+    raw = recipe_dict(tiny_qwen25_vl_path, phantom_records, tmp_path / "run", peft=peft)
+    spy = Spy()
+    results = run_pipeline(Recipe.from_dict(raw), callbacks=[spy])
+    adapter_config = json.loads((tmp_path / "run" / "sft" / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 4
+    assert "visual" in str(adapter_config["exclude_modules"])
+    if between == "merge":
+        assert results[0].model.endswith("merged") and results[0].adapter is None
+        assert (tmp_path / "run" / "sft" / "merged" / "model.safetensors").is_file()
+        assert all(adapters == ["default"] for _, _, adapters in spy.starts)
+    else:
+        assert results[0].model == str(tiny_qwen25_vl_path) and results[1].adapter.endswith("grpo_closed")
+        # stages after the first keep training the same adapter, with its stage-start copy as KL reference
+        assert [adapters for _, _, adapters in spy.starts] == [
+            ["default"],
+            ["default", "ref"],
+            ["default", "ref"],
+        ]
+    card = (tmp_path / "run" / "grpo_open" / "README.md").read_text()
+    assert "library_name: peft" in card
+
+
+def test_recipe_errors_name_the_key_and_fix(tiny_qwen25_vl_path, phantom_records, tmp_path):
+    raw = recipe_dict(tiny_qwen25_vl_path, phantom_records, tmp_path)
+    raw["stages"][1]["args"]["learnig_rate"] = 1.0
+    with pytest.raises(
+        RecipeError, match=r"stage 'grpo_closed'.*'learnig_rate' \(did you mean 'learning_rate'\?\)"
+    ):
+        Recipe.from_dict(raw).validate()
+    raw = recipe_dict(tiny_qwen25_vl_path, phantom_records, tmp_path)
+    raw["stages"][0]["args"]["output_dir"] = "elsewhere"
+    with pytest.raises(RecipeError, match="set by the pipeline"):
+        Recipe.from_dict(raw).validate()
+    with pytest.raises(RecipeError, match="no stage named 'grpo'"):
+        apply_overrides(
+            recipe_dict(tiny_qwen25_vl_path, phantom_records, tmp_path), ["--stages.grpo.beta", "0.1"]
+        )
+    raw = apply_overrides(
+        recipe_dict(tiny_qwen25_vl_path, phantom_records, tmp_path),
+        ["--stages.grpo_open.beta", "0.04", "--peft.r=8", "--seed", "3"],
+    )
+    recipe = Recipe.from_dict(raw)
+    assert recipe.stage_config(recipe.stage("grpo_open")).beta == 0.04
+    assert recipe.peft.r == 8 and recipe.stage_config(recipe.stage("sft")).seed == 3
+    with pytest.raises(RecipeError, match="needs a CUDA GPU"):
+        raw = recipe_dict(tiny_qwen25_vl_path, phantom_records, tmp_path / "q", peft={"method": "qlora"})
+        run_pipeline(Recipe.from_dict(raw))
