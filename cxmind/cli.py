@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -127,8 +128,36 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("demo", help="run the CPU demo: tiny model, phantom data, SFT -> GRPO -> evaluation")
     _add_data_commands(sub)
+    _add_train_command(sub)
     _add_eval_commands(sub)
     return parser
+
+
+def _add_train_command(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser(
+        "train",
+        help="run a recipe's stages (SFT -> GRPO closed -> GRPO open); works under `accelerate launch`",
+        description="Run the stages of a recipe YAML in order. Finished stages are skipped, an interrupted "
+        "stage resumes from its last checkpoint, so re-running the same command continues a run. Any recipe "
+        "value can be overridden: --output_dir runs/x, --peft.r 32, --stages.grpo_open.learning_rate 5e-7. "
+        "Launch on several GPUs with: accelerate launch --config_file recipes/accelerate/zero3.yaml "
+        "-m cxmind train RECIPE.",
+        epilog="Every key under a stage's `args` is a field of trl.SFTConfig / trl.GRPOConfig or of cxmind's "
+        "additions (cxmind.training.sft.CXMindSFTConfig, cxmind.training.grpo.CXMindGRPOConfig).",
+    )
+    t.add_argument("recipe", type=Path, help="recipe YAML file (see recipes/)")
+    t.add_argument(
+        "--only", default=None, help="comma-separated stage names to run (earlier ones must be done)"
+    )
+    t.add_argument(
+        "--check",
+        action="store_true",
+        help="only validate the recipe against a launch (batch sizes, vLLM, memory, lengths) and exit; "
+        "describe the launch with the options below (default: this process's launch)",
+    )
+    t.add_argument("--accelerate-config", type=Path, default=None, help="with --check: the accelerate config")
+    t.add_argument("--num-processes", type=int, default=None, help="with --check: total GPUs of the launch")
+    t.add_argument("--gpu-memory-gib", type=float, default=None, help="with --check: memory of one GPU")
 
 
 def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
@@ -338,13 +367,57 @@ def _data_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from cxmind.training.pipeline import run_pipeline
+    from cxmind.training.preflight import (
+        LaunchSettings,
+        assume_training_gpu,
+        check_recipe,
+        local_gpu_memory_gib,
+        raise_for_errors,
+    )
+    from cxmind.training.recipe import load_recipe
+
+    if args.check:  # checked on a login node or laptop for the GPUs it will run on
+        if args.accelerate_config is not None:
+            launch = LaunchSettings.from_accelerate_config(args.accelerate_config, args.num_processes)
+        else:
+            launch = LaunchSettings(num_processes=args.num_processes or 1)
+        with assume_training_gpu():
+            recipe = load_recipe(args.recipe, overrides)
+        findings = check_recipe(recipe, **vars(launch), gpu_memory_gib=args.gpu_memory_gib)
+    else:
+        recipe = load_recipe(args.recipe, overrides)
+        findings = check_recipe(
+            recipe, **vars(LaunchSettings.from_env()), gpu_memory_gib=local_gpu_memory_gib()
+        )
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    for finding in findings:
+        if finding.level != "error" and main_process:
+            print(f"cxmind train: warning: {finding.key}: {finding.message}", file=sys.stderr)
+    raise_for_errors(findings)
+    if args.check:
+        print(f"cxmind train: {args.recipe}: no errors ({len(recipe.stages)} stages)")
+        return 0
+    results = run_pipeline(recipe, only=_task_list(args.only) if args.only else None)
+    if main_process:
+        for result in results:
+            state = "skipped (finished earlier)" if result.skipped else "trained"
+            print(f"{result.name:<16} {state:<26} {result.adapter or result.model}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "train":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 0
     try:
+        if args.command == "train":
+            return _train(args, extra)
         if args.command == "eval":
             return _eval(args)
         if args.command == "predict":

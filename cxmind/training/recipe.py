@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,21 @@ __all__ = [
 ]
 
 STAGE_TYPES = ("sft", "grpo")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-6`` (no dot) as a string; a learning rate written that way must be a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789.")
+)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
 _RESERVED_ARGS = ("output_dir",)  # set per stage by the pipeline
 
 
@@ -234,7 +250,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
             i += 2
         pairs.append((key, value))
     for key, text in pairs:
-        value = yaml.safe_load(text)
+        value = _yaml(text)
         parts = key.split(".")
         if parts[0] == "stages" and len(parts) >= 3:
             stages = raw.get("stages") or []
@@ -268,7 +284,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     if not path.is_file():
         raise RecipeError(f"recipe {path} not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = _yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise RecipeError(f"recipe {path} is not valid YAML: {err}") from err
     raw = apply_overrides(dict(raw or {}), overrides)
