@@ -9,13 +9,6 @@ from pathlib import Path
 
 from cxmind import __version__
 
-_NOT_YET = (
-    "cxmind {command}: not yet available in cxmind {version}. This release ships the interleaved "
-    "format (cxmind.format), the finding vocabulary (cxmind.vocab), the CuRL-VPR rewards "
-    "(cxmind.rewards), the data builders (`cxmind data`), evaluation (`cxmind eval`, `cxmind predict`) "
-    "and the offline tiny model (cxmind.testing); training and the end-to-end demo follow."
-)
-
 
 class UsageError(Exception):
     """A mistake in the command line or its inputs: printed as one line, exit status 2."""
@@ -126,7 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cxmind {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("demo", help="run the CPU demo: tiny model, phantom data, SFT -> GRPO -> evaluation")
+    d = sub.add_parser(
+        "demo",
+        help="run the CPU demo: tiny model, phantom data, SFT -> GRPO -> evaluation (offline, minutes)",
+        description="Build a tiny Qwen2.5-VL and phantom chest X-rays, train SFT -> GRPO Stage I (closed) -> "
+        "GRPO Stage II (open) from a written recipe, evaluate, and print the results table and the paths of "
+        "the HTML report and the models. Re-running continues an interrupted demo.",
+    )
+    d.add_argument(
+        "--out", type=Path, default=Path("cxmind-demo"), help="output folder (default: ./cxmind-demo)"
+    )
+    d.add_argument(
+        "--scale", type=float, default=1.0, help="multiply the training steps (e.g. 0.1 for a smoke run)"
+    )
+    d.add_argument("--no-progress", action="store_true")
     _add_data_commands(sub)
     _add_train_command(sub)
     _add_eval_commands(sub)
@@ -416,6 +422,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if args.command == "demo":
+            from cxmind.demo import run_demo
+
+            run_demo(args.out, scale=args.scale, progress=not args.no_progress)
+            return 0
         if args.command == "train":
             return _train(args, extra)
         if args.command == "eval":
@@ -435,8 +446,8 @@ def main(argv: list[str] | None = None) -> int:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"cxmind {args.command}: error: {message}", file=sys.stderr)
         return 2
-    print(_NOT_YET.format(command=args.command, version=__version__))
-    return 0
+    parser.error(f"unknown command {args.command}")
+    return 2
 
 
 if __name__ == "__main__":

@@ -42,16 +42,16 @@ def test_pyproject_is_the_single_source_of_metadata():
 def test_importing_cxmind_needs_no_gpu_extra():
     code = (
         "import sys, cxmind, cxmind.format, cxmind.vocab, cxmind.rewards, cxmind.testing, cxmind.cli\n"
+        "import cxmind.training, cxmind.hub, cxmind.demo\n"
         "heavy = {'vllm', 'deepspeed', 'bitsandbytes', 'flash_attn'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_main_job_command_does_not_fail():
-    done = subprocess.run(
-        [sys.executable, "-m", "cxmind", "demo"], capture_output=True, text=True, check=True
-    )
-    assert "cxmind demo" in done.stdout
+def test_version_and_help_run_as_commands():
     version = subprocess.run([sys.executable, "-m", "cxmind", "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and "cxmind 0." in version.stdout
+    for command in (["demo", "--help"], ["train", "--help"]):
+        done = subprocess.run([sys.executable, "-m", "cxmind", *command], capture_output=True, text=True)
+        assert done.returncode == 0 and "usage: cxmind" in done.stdout, done.stderr
