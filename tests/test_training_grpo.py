@@ -104,11 +104,17 @@ def test_the_gate_zeroes_think_and_process_of_an_unstable_batch(grpo_data, tiny_
     second = trainer._calculate_rewards(rows, prompts, wrong, [[0]] * 2)  # accuracy fell: unstable
     assert trainer.gates["train"].last_stable is False
     assert (second[:, 2:] == 0).all()
-    # evaluation has its own gate: the train EMA is untouched
+    # evaluation has its own gate: the train EMA is untouched, also through TRL's evaluate()
+    metrics = trainer.evaluate(grpo_data.select(range(4)))
+    assert "eval_curl_vpr/gate/stable" in metrics and "eval_rewards/outcome_reward/mean" in metrics
+    eval_steps = trainer.gates["eval"].steps
+    assert trainer.gates["train"].steps == 2 and eval_steps >= 1
     train_state = trainer.gates["train"].state_dict()
     trainer.model.eval()
     trainer._calculate_rewards(rows, prompts, gold, [[0]] * 2)
-    assert trainer.gates["train"].state_dict() == train_state and trainer.gates["eval"].steps == 1
+    assert (
+        trainer.gates["train"].state_dict() == train_state and trainer.gates["eval"].steps == eval_steps + 1
+    )
 
 
 class StopAt(TrainerCallback):

@@ -115,12 +115,12 @@ def _run_stage(
 
     config = recipe.stage_config(stage)
     processor = load_processor(recipe)
+    budget = ImageBudget.from_processor(processor)
     data = load_training_data(
-        stage.data,
-        kind=stage.type,
-        image_budget=ImageBudget.from_processor(processor),
-        mix=stage.mix,
-        seed=config.seed,
+        stage.data, kind=stage.type, image_budget=budget, mix=stage.mix, seed=config.seed
+    )
+    eval_data = (
+        load_training_data(stage.eval_data, kind=stage.type, image_budget=budget) if stage.eval_data else None
     )
     model, peft_config, quantization = _policy(recipe, start_model, start_adapter, config)
     trainer_class = _trainer_class(stage.type)
@@ -128,6 +128,7 @@ def _run_stage(
         model=model,
         args=config,
         train_dataset=data,
+        eval_dataset=eval_data,
         processing_class=processor,
         peft_config=peft_config,
         quantization_config=quantization,

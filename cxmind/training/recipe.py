@@ -101,6 +101,7 @@ class StageSpec:
     args: dict[str, Any] = field(default_factory=dict)
     mix: str = "concatenate"
     push_to_hub: bool = False
+    eval_data: list[DataSource] | None = None  # evaluated every `eval_steps` when args set `eval_strategy`
 
     def config(self, output_dir: Path, defaults: Mapping[str, Any] | None = None) -> Any:
         """The stage's TRL config, parsed by ``HfArgumentParser`` (unknown keys name their stage).
@@ -212,11 +213,12 @@ def _stage(raw: Any, index: int, where: str) -> StageSpec:
             raise RecipeError(f"{where}: stages[{index}] is missing {key!r}")
     if raw["type"] not in STAGE_TYPES:
         raise RecipeError(f"{where}: stages[{index}].type must be one of {STAGE_TYPES}, got {raw['type']!r}")
-    data = raw["data"] if isinstance(raw["data"], list) else [raw["data"]]
-    try:
-        sources = [DataSource.from_value(d) for d in data]
-    except (ValueError, TypeError) as err:
-        raise RecipeError(f"{where}: stage {raw['name']!r} data: {err}") from err
+    sources = _sources(raw["data"], f"{where}: stage {raw['name']!r} data")
+    eval_sources = (
+        _sources(raw["eval_data"], f"{where}: stage {raw['name']!r} eval_data")
+        if raw.get("eval_data")
+        else None
+    )
     return StageSpec(
         name=str(raw["name"]),
         type=raw["type"],
@@ -224,7 +226,15 @@ def _stage(raw: Any, index: int, where: str) -> StageSpec:
         args=dict(raw.get("args") or {}),
         mix=raw.get("mix", "concatenate"),
         push_to_hub=bool(raw.get("push_to_hub", False)),
+        eval_data=eval_sources,
     )
+
+
+def _sources(value: Any, where: str) -> list[DataSource]:
+    try:
+        return [DataSource.from_value(d) for d in (value if isinstance(value, list) else [value])]
+    except (ValueError, TypeError) as err:
+        raise RecipeError(f"{where}: {err}") from err
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
