@@ -300,7 +300,7 @@ def test_nan_rewards_are_ignored() -> None:
     stats = sampler.stats()
     assert stats["curriculum/saturated_fraction"] == 0.25  # row 0 is flat despite the NaN
     assert stats["curriculum/observed_fraction"] == 0.25
-    assert stats["curriculum/pass_rate_mean"] == 1.0
+    assert stats["curriculum/group_reward_mean"] == 1.0
 
 
 def test_adaptive_yields_saturated_rows_when_nothing_else_is_left() -> None:

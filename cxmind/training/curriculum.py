@@ -36,7 +36,7 @@ STATS_KEYS = (
     "curriculum/observed_fraction",
     "curriculum/skipped",
     "curriculum/substituted",
-    "curriculum/pass_rate_mean",
+    "curriculum/group_reward_mean",
 )
 _STATE_VERSION = 1
 _FLAT_STD = 1e-6  # a group whose reward std is below this taught the policy nothing
@@ -341,7 +341,7 @@ class CurriculumSampler(Sampler[int]):
             "curriculum/observed_fraction": len(self._prompts) / n,
             "curriculum/skipped": float(self.skipped_total),
             "curriculum/substituted": float(self.substituted_total),
-            "curriculum/pass_rate_mean": sum(means) / len(means) if means else 0.0,
+            "curriculum/group_reward_mean": sum(means) / len(means) if means else 0.0,
         }
 
     # ------------------------------------------------------------------------------------- state
