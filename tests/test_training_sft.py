@@ -149,3 +149,19 @@ def test_bad_sources_fail_with_the_fix(tmp_path, phantom_records):
         DataSource.from_value({"path": str(phantom_records), "task_type": ["closed"]})
     with pytest.raises(ValueError, match="no rows"):
         load_training_data([{"path": str(phantom_records), "tasks": ["no_such_task"]}], kind="sft")
+
+
+def test_a_two_image_record_collates_both_images(phantom_records, tiny_qwen25_vl_path, tmp_path):
+    ds = load_training_data([{"path": str(phantom_records), "tasks": ["progression"]}], kind="sft")
+    row = ds[0]
+    assert len(row["images"]) == 2
+    trainer = CXMindSFTTrainer(model=str(tiny_qwen25_vl_path), args=sft_args(tmp_path), train_dataset=ds)
+    batch = trainer.data_collator([dict(row)])
+    assert batch["image_grid_thw"].shape[0] == 2
+    image_pad = trainer.processing_class.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    merge = 4  # 2x2 patches per token
+    assert (
+        int((batch["input_ids"] == image_pad).sum())
+        == int(batch["image_grid_thw"].prod(dim=1).sum()) // merge
+    )
+    assert (batch["labels"][batch["input_ids"] == image_pad] == -100).all()
