@@ -10,6 +10,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
+from test_recipes import SEVEN_B_LAUNCHES
 
 from cxmind.training.grpo import CXMindGRPOConfig
 from cxmind.training.preflight import (
@@ -451,16 +452,7 @@ def test_launch_settings_from_env(tmp_path: Path) -> None:
 
 # -- the shipped recipes ---------------------------------------------------------------------------
 
-SEVEN_B_4_GPUS = [
-    "--stages.grpo_closed.gradient_accumulation_steps",
-    "20",
-    "--stages.grpo_open.gradient_accumulation_steps",
-    "20",
-    "--stages.grpo_closed.vllm_gpu_memory_utilization",
-    "0.45",
-    "--stages.grpo_open.vllm_gpu_memory_utilization",
-    "0.45",
-]
+SEVEN_B_4_GPUS = SEVEN_B_LAUNCHES[4]  # the overrides the recipe documents for 4 GPUs
 SEVEN_B_16_GPUS = [
     "--stages.sft.gradient_accumulation_steps",
     "4",
