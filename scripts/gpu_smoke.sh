@@ -1,84 +1,226 @@
 #!/usr/bin/env bash
 # GPU smoke check: the paths CPU CI cannot exercise, on the offline tiny model, in a few minutes.
-#   bash scripts/gpu_smoke.sh            (needs one CUDA GPU; vLLM / flash-attn parts run when installed)
-# Each check prints "ok <name>" or "skip <name>: <why>"; any failure exits non-zero.
-# Later stages (vLLM-colocate GRPO, DeepSpeed ZeRO-2/3) are added here as the trainers land.
+#   bash scripts/gpu_smoke.sh            (needs one CUDA GPU; vLLM / flash-attn / DeepSpeed parts run when installed)
+#
+# Checks, in order. Each prints "ok <name> (<seconds>s)" (then its measurements, indented) or
+# "skip <name>: <why>"; a failing check prints "FAIL <name>: ..." and the tail of its log, and the run goes on
+# to the next check (device time is scarce: one run shows every failure) unless CXMIND_SMOKE_FAIL_FAST=1.
+# A summary table closes the run; the exit status is 1 if any check failed (setup failing stops at once).
+#   setup                       CUDA visible; tiny Qwen2.5-VL (cxmind.testing); phantom CXRs -> records
+#                               (`cxmind data phantom` + `cxmind data build`)
+#   hf-generate-sdpa            transformers bf16 batched greedy generate, sdpa
+#   hf-generate-flash           the same with flash_attention_2                            (flash-attn)
+#   vllm-generate               vLLM bf16 generate with an image                           (vllm)
+#   eval-hf / eval-vllm         `cxmind eval` on the phantom records, HF bf16 / vLLM       (eval-vllm: vllm)
+#   train-plain                 `python3 -m cxmind train scripts/gpu_smoke/tiny.yaml`: SFT -> GRPO closed, bf16,
+#                               sdpa, one process, HF generation
+#   grpo-vllm-colocate          GRPO closed with colocated vLLM generation (use_vllm, vllm_mode colocate),
+#                               starting from train-plain's SFT stage                      (vllm)
+#   train-zero2 / train-zero3   SFT -> GRPO closed under `accelerate launch --config_file
+#                               recipes/accelerate/zero{2,3}.yaml --num_processes 1 -m cxmind train ...` (deepspeed)
+# Every training check then runs scripts/gpu_smoke/check_run.py: each stage's cxmind_stage.json; a saved model with
+# no empty tensors and the base checkpoint's tensor names (what vLLM loads); a GRPO checkpoint with
+# cxmind_state.json and finite losses/rewards; for vLLM, TRL's vLLM-only importance-sampling metrics; for
+# DeepSpeed, ZeRO-2/ZeRO-3 checkpoint files (so a launch that silently ran without DeepSpeed fails).
+#
+# Time budget (an estimate, not a measurement; one H100, packages installed, first run on the machine):
+# setup ~20s, hf-generate ~15s each, vllm-generate ~45s, eval-hf ~25s, eval-vllm ~60s, train-plain ~50s,
+# grpo-vllm-colocate ~90s (vLLM compiles and captures CUDA graphs: TRL does not pass enforce_eager),
+# train-zero2 ~70s, train-zero3 ~80s: ~7-8 minutes in all, under 10. Each command runs under `timeout`
+# (T_* below), so a hang costs at most that command's limit.
+#
+# Environment:
+#   CXMIND_SMOKE_ONLY="train-zero3 ..."  run only these checks (setup always runs): a re-run within a budget
+#   CXMIND_SMOKE_FAIL_FAST=1             stop at the first failing check
+#   CXMIND_SMOKE_ZERO3_VLLM=1            train-zero3's GRPO generates with colocated vLLM, as the 7B recipe runs
+#                                        (zero3.yaml + colocate: TRL gathers the shards at every weight sync);
+#                                        adds ~60s, so it is off by default
+#   CXMIND_CACHE                         where the tiny model is built (default: a fresh temporary folder)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export CXMIND_CACHE="${CXMIND_CACHE:-$(mktemp -d)}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
-python3 - <<'PY'
-import importlib.util
-import time
+# Per-command limits (seconds).
+T_SETUP=120 T_GENERATE=120 T_VLLM=240 T_EVAL=180 T_TRAIN=180 T_TRAIN_VLLM=300 T_CHECK=60
 
-import torch
-from PIL import Image
-from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
-
-from cxmind.format import instructions, parse
-from cxmind.testing import build_tiny_qwen25_vl
-
-assert torch.cuda.is_available(), "no CUDA device visible"
-print("torch", torch.__version__, "device", torch.cuda.get_device_name(0))
-path = build_tiny_qwen25_vl()
-processor = AutoProcessor.from_pretrained(path)
-messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instructions("open")}]}]
-prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-image = Image.new("RGB", (448, 448), color=(90, 90, 90))
-
-attn = ["sdpa"] + (["flash_attention_2"] if importlib.util.find_spec("flash_attn") else [])
-for impl in attn:
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        path, dtype=torch.bfloat16, attn_implementation=impl
-    ).to("cuda")
-    inputs = processor(text=[prompt, prompt], images=[image, image], return_tensors="pt", padding=True).to("cuda")
-    start = time.perf_counter()
-    out = model.generate(**inputs, max_new_tokens=32, do_sample=False)
-    torch.cuda.synchronize()
-    new = out[:, inputs["input_ids"].shape[1]:]
-    assert new.shape[1] > 0 and torch.equal(new[0], new[1]), "batched bf16 generation is not deterministic"
-    text = processor.batch_decode(new, skip_special_tokens=True)[0]
-    parse(text)  # the parser accepts whatever the random model writes
-    print(f"ok hf-generate bf16 {impl}: {new.shape[1]} tokens in {time.perf_counter() - start:.2f}s")
-    del model
-if "flash_attention_2" not in attn:
-    print("skip hf-generate flash_attention_2: flash-attn not installed")
-
-if importlib.util.find_spec("vllm") is None:
-    print("skip vllm: vllm not installed")
-else:
-    from vllm import LLM, SamplingParams
-
-    llm = LLM(model=str(path), dtype="bfloat16", gpu_memory_utilization=0.2, max_model_len=2048,
-              limit_mm_per_prompt={"image": 1}, enforce_eager=True, seed=0)
-    outs = llm.generate([{"prompt": prompt, "multi_modal_data": {"image": image}}],
-                        SamplingParams(max_tokens=32, temperature=0.0))
-    assert outs[0].outputs[0].token_ids, "vLLM generated nothing"
-    print(f"ok vllm-generate: {len(outs[0].outputs[0].token_ids)} tokens")
-PY
-
-# Evaluation on the GPU: phantom records -> `cxmind eval` (HF backend, bf16; vLLM when installed).
 work=$(mktemp -d)
-pixels="--min-pixels 3136 --max-pixels 50176"
-python3 -m cxmind data phantom "$work/phantom" --patients 12 --size 224
-python3 -m cxmind data build --source phantom="$work/phantom" --out "$work/records" --no-progress $pixels
-python3 -m cxmind eval --model "$(python3 -c 'from cxmind.testing import build_tiny_qwen25_vl as b; print(b())')" \
-    --data "$work/records" --split train --out "$work/eval" --dtype bfloat16 --max-new-tokens 32 \
-    --batch-size 16 --bootstrap 100 --no-progress $pixels > "$work/eval.log"
-python3 - "$work/eval" <<'PY'
-import json, sys
-results = json.load(open(f"{sys.argv[1]}/results.json"))
-assert results["n_records"] > 50 and results["metrics"]["by_task"], results.keys()
-print(f"ok eval hf bf16: {results['n_records']} records, {len(results['metrics']['by_task'])} tasks")
-PY
-if python3 -c "import vllm" 2>/dev/null; then
-    python3 -m cxmind eval --model "$(python3 -c 'from cxmind.testing import build_tiny_qwen25_vl as b; print(b())')" \
-        --data "$work/records" --split train --out "$work/eval-vllm" --backend vllm --dtype bfloat16 \
-        --max-new-tokens 32 --bootstrap 100 --no-progress $pixels > "$work/eval-vllm.log"
-    echo "ok eval vllm"
-else
-    echo "skip eval vllm: vllm not installed"
+logs="$work/logs"
+mkdir -p "$logs"
+echo "work dir: $work (logs in $logs)"
+pixels=(--min-pixels 3136 --max-pixels 50176)  # 56²..224²: the recipe's min_pixels/max_pixels
+recipe=scripts/gpu_smoke/tiny.yaml
+# = `accelerate launch`, with this python (no need for the console script on PATH)
+accelerate_launch=(python3 -m accelerate.commands.launch)
+rows="$work/summary"  # one "status|check|time|detail" line per check (a file: checks run in subshells)
+: >"$rows"
+
+summary() {
+    local status name took detail
+    echo
+    printf '%-20s %-6s %6s  %s\n' check result time detail
+    while IFS='|' read -r status name took detail; do
+        printf '%-20s %-6s %6s  %s\n' "$name" "$status" "$took" "$detail"
+    done <"$rows"
+}
+
+wanted() {  # is check $1 selected by CXMIND_SMOKE_ONLY (all when unset)?
+    [[ -z "${CXMIND_SMOKE_ONLY:-}" ]] && return 0
+    [[ " ${CXMIND_SMOKE_ONLY//,/ } " == *" $1 "* ]]
+}
+
+step() {  # step LIMIT CMD...: one command of check $current under `timeout`, output to its log; exits on failure
+    local limit=$1 rc=0 log="$logs/$current.log"
+    shift
+    echo "+ $*" >>"$log"
+    timeout -k 15 "$limit" "$@" >>"$log" 2>&1 || rc=$?
+    if ((rc != 0)); then
+        local why="exit status $rc"
+        ((rc == 124 || rc == 137)) && why="timed out after ${limit}s"
+        echo "FAIL $current: $why ($((SECONDS - started))s); last lines of $log:" >&2
+        tail -n 60 "$log" | sed 's/^/    /' >&2
+        echo "FAIL|$current|$((SECONDS - started))s|$why: $*" | cut -c1-160 >>"$rows"
+        exit 1  # leaves the check's subshell (or, in setup, the script)
+    fi
+}
+
+ok() {  # ok [DETAIL]: check $current passed; its RESULT lines follow, indented (DETAIL: their join)
+    local took=$((SECONDS - started)) lines
+    lines=$(sed -n 's/^RESULT //p' "$logs/$current.log")
+    echo "ok $current (${took}s)"
+    sed -n 's/^RESULT /    /p' "$logs/$current.log"
+    echo "ok|$current|${took}s|${1:-$(paste -sd '/' <<<"$lines")}" >>"$rows"
+}
+
+skip() {  # skip NAME WHY
+    wanted "$1" || return 0
+    echo "skip $1: $2"
+    echo "skip|$1|-|$2" >>"$rows"
+}
+
+failed=()
+check() {  # check NAME FUNCTION: run one check (if selected) in a subshell; a failure is recorded, not fatal
+    wanted "$1" || return 0
+    current=$1 started=$SECONDS
+    if ! ("$2"); then
+        failed+=("$1")
+        if [[ ${CXMIND_SMOKE_FAIL_FAST:-0} == 1 ]]; then
+            summary
+            exit 1
+        fi
+    fi
+}
+
+importable() { timeout 120 python3 -c "import $1" >/dev/null 2>&1; }
+
+have_vllm=false have_flash=false have_deepspeed=false
+importable vllm && have_vllm=true
+importable flash_attn && have_flash=true
+importable deepspeed && have_deepspeed=true
+
+# -- setup (not in a subshell: everything depends on it) ---------------------------------------------------
+current=setup started=$SECONDS
+step "$T_SETUP" python3 -c 'import torch; assert torch.cuda.is_available(), "no CUDA device visible"'
+step "$T_SETUP" python3 -c 'import sys; from cxmind.testing import build_tiny_qwen25_vl as b
+open(sys.argv[1], "w").write(str(b()))' "$work/model-path"
+model=$(cat "$work/model-path")
+step "$T_SETUP" python3 -m cxmind data phantom "$work/phantom" --patients 12 --size 224
+step "$T_SETUP" python3 -m cxmind data build --source phantom="$work/phantom" --out "$work/records" \
+    --no-progress "${pixels[@]}"
+records="$work/records"
+ok "model $model"
+
+# -- generation and evaluation -----------------------------------------------------------------------------
+hf_generate_sdpa() {
+    step "$T_GENERATE" python3 scripts/gpu_smoke/generate.py hf sdpa
+    ok
+}
+hf_generate_flash() {
+    step "$T_GENERATE" python3 scripts/gpu_smoke/generate.py hf flash_attention_2
+    ok
+}
+vllm_generate() {
+    step "$T_VLLM" python3 scripts/gpu_smoke/generate.py vllm
+    ok
+}
+eval_args=(--model "$model" --data "$records" --split train --dtype bfloat16 --max-new-tokens 32
+    --bootstrap 100 --no-progress "${pixels[@]}")
+eval_hf() {
+    step "$T_EVAL" python3 -m cxmind eval "${eval_args[@]}" --out "$work/eval" --batch-size 16
+    step "$T_CHECK" python3 scripts/gpu_smoke/generate.py eval-results "$work/eval"
+    ok
+}
+eval_vllm() {
+    step "$T_VLLM" python3 -m cxmind eval "${eval_args[@]}" --out "$work/eval-vllm" --backend vllm
+    step "$T_CHECK" python3 scripts/gpu_smoke/generate.py eval-results "$work/eval-vllm"
+    ok
+}
+
+check hf-generate-sdpa hf_generate_sdpa
+if $have_flash; then check hf-generate-flash hf_generate_flash; else skip hf-generate-flash "flash-attn not importable"; fi
+if $have_vllm; then check vllm-generate vllm_generate; else skip vllm-generate "vllm not importable"; fi
+check eval-hf eval_hf
+if $have_vllm; then check eval-vllm eval_vllm; else skip eval-vllm "vllm not importable"; fi
+
+# -- training: scripts/gpu_smoke/tiny.yaml through the real CLI --------------------------------------------
+# The recipe's placeholders (model, output_dir, data paths) are set here; see the recipe's header.
+train_args=("$recipe" --model "$model"
+    --stages.sft.data "{path: $records, task_types: [closed, open]}"
+    --stages.grpo_closed.data "{path: $records, task_types: [closed]}")
+vllm_args=(--stages.grpo_closed.use_vllm true)  # the recipe's vllm_* keys: colocate, 0.3 of the GPU, 1024 tokens
+
+train_plain() {
+    step "$T_TRAIN" python3 -m cxmind train "${train_args[@]}" --output_dir "$work/plain"
+    step "$T_CHECK" python3 scripts/gpu_smoke/check_run.py "$work/plain" --base "$model"
+    ok "bf16, sdpa, HF generation"
+}
+
+grpo_vllm_colocate() {
+    # Reuse train-plain's SFT stage: with its cxmind_stage.json (and no model) in <run>/sft the pipeline skips SFT
+    # and starts GRPO from the model that file names (plain/sft), which vLLM loads too. Without it: SFT first.
+    local skipped=()
+    if [[ -f "$work/plain/sft/cxmind_stage.json" ]]; then
+        mkdir -p "$work/vllm/sft" && cp "$work/plain/sft/cxmind_stage.json" "$work/vllm/sft/" || exit 1
+        skipped=(--skipped sft)
+    fi
+    step "$T_TRAIN_VLLM" python3 -m cxmind train "${train_args[@]}" --output_dir "$work/vllm" "${vllm_args[@]}"
+    step "$T_CHECK" python3 scripts/gpu_smoke/check_run.py "$work/vllm" --base "$model" --vllm "${skipped[@]}"
+    ok "vllm colocate, 0.3 of the GPU, sleep mode off"
+}
+
+# DeepSpeed: the shipped accelerate configs, unchanged, with what one GPU needs overridden on the command line:
+# --num_processes 1 (they say 8), --num_machines 1, --main_process_port 0 (a free port). Their mixed_precision
+# (bf16) matches the recipe's bf16: true. Attention as the 3B (ZeRO-2) / 7B (ZeRO-3) recipes: flash-attn 2
+# when installed, else sdpa.
+attn=sdpa
+$have_flash && attn=flash_attention_2
+train_zero() {  # train_zero 2|3
+    local zero=$1 extra=(--model_init_kwargs.attn_implementation "$attn") generation="HF generation" check_vllm=()
+    if [[ $zero == 3 && ${CXMIND_SMOKE_ZERO3_VLLM:-0} == 1 ]] && $have_vllm; then
+        extra+=("${vllm_args[@]}")
+        generation="vllm colocate"
+        check_vllm=(--vllm)
+    fi
+    step "$T_TRAIN" "${accelerate_launch[@]}" --config_file "recipes/accelerate/zero$zero.yaml" \
+        --num_processes 1 --num_machines 1 --main_process_port 0 \
+        -m cxmind train "${train_args[@]}" --output_dir "$work/zero$zero" "${extra[@]}"
+    step "$T_CHECK" python3 scripts/gpu_smoke/check_run.py "$work/zero$zero" --base "$model" --zero "$zero" \
+        "${check_vllm[@]}"
+    ok "bf16, $attn, $generation"
+}
+train_zero2() { train_zero 2; }
+train_zero3() { train_zero 3; }
+
+check train-plain train_plain
+if $have_vllm; then check grpo-vllm-colocate grpo_vllm_colocate; else skip grpo-vllm-colocate "vllm not importable"; fi
+for zero in zero2 zero3; do
+    if $have_deepspeed; then check "train-$zero" "train_$zero"; else skip "train-$zero" "deepspeed not importable"; fi
+done
+
+summary
+if ((${#failed[@]})); then
+    echo "gpu smoke: FAILED (${failed[*]}); logs in $logs"
+    exit 1
 fi
 echo "gpu smoke: ok"

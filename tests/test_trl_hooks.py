@@ -53,3 +53,28 @@ def test_collator_fields_cxmind_copies_exist():
         "assistant_only_loss",
         "chat_template",
     } <= fields
+
+
+def test_zero3_loaded_models_save_standard_names(tiny_qwen25_vl_path, tmp_path, monkeypatch):
+    """A ZeRO-3 load keeps every conversion rule: saving wrote model.model.layers.*, which vLLM cannot read."""
+    from safetensors import safe_open
+    from transformers import AutoModelForImageTextToText
+    from transformers.conversion_mapping import get_model_conversion_mapping
+
+    from cxmind.training import checkpoint
+
+    def saved_keys(model, name):
+        model.save_pretrained(tmp_path / name)
+        with safe_open(tmp_path / name / "model.safetensors", "pt") as handle:
+            return sorted(handle.keys())
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_qwen25_vl_path)
+    standard = saved_keys(model, "plain")
+    assert any(k.startswith("model.layers.") for k in standard)
+    model._weight_conversions = get_model_conversion_mapping(model, add_legacy=True)  # what ZeRO-3 leaves
+    assert any(k.startswith("model.model.") for k in saved_keys(model, "zero3"))
+    checkpoint.standard_save_names(model)  # not under ZeRO-3: untouched
+    assert model._weight_conversions
+    monkeypatch.setattr(checkpoint, "is_deepspeed_zero3_enabled", lambda: True)
+    checkpoint.standard_save_names(model)
+    assert saved_keys(model, "fixed") == standard
