@@ -56,7 +56,7 @@ def test_collator_fields_cxmind_copies_exist():
 
 
 def test_zero3_loaded_models_save_standard_names(tiny_qwen25_vl_path, tmp_path, monkeypatch):
-    """A ZeRO-3 load keeps every conversion rule: saving wrote model.model.layers.*, which vLLM cannot read."""
+    """ZeRO-3 loads keep every conversion rule; saving then wrote model.model.layers.* (vLLM fails)."""
     from safetensors import safe_open
     from transformers import AutoModelForImageTextToText
     from transformers.conversion_mapping import get_model_conversion_mapping
