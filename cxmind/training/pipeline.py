@@ -182,12 +182,13 @@ def load_processor(recipe: Recipe) -> Any:
     """The base model's processor with the recipe's image pixel bounds (left padding for generation)."""
     from transformers import AutoProcessor
 
-    kwargs: dict[str, Any] = {}
+    processor = AutoProcessor.from_pretrained(recipe.model)
+    size = dict(processor.image_processor.size)
     if recipe.min_pixels is not None:
-        kwargs["min_pixels"] = recipe.min_pixels
+        size["shortest_edge"] = recipe.min_pixels
     if recipe.max_pixels is not None:
-        kwargs["max_pixels"] = recipe.max_pixels
-    processor = AutoProcessor.from_pretrained(recipe.model, **kwargs)
+        size["longest_edge"] = recipe.max_pixels
+    processor.image_processor.size = size  # pixel bounds (transformers 5 dropped min_pixels/max_pixels)
     processor.tokenizer.padding_side = "left"
     return processor
 
