@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--scale", type=float, default=1.0, help="multiply the training steps (e.g. 0.1 for a smoke run)"
     )
+    d.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N test records")
     d.add_argument("--no-progress", action="store_true")
     _add_data_commands(sub)
     _add_train_command(sub)
@@ -425,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from cxmind.demo import run_demo
 
-            run_demo(args.out, scale=args.scale, progress=not args.no_progress)
+            run_demo(args.out, scale=args.scale, eval_limit=args.eval_limit, progress=not args.no_progress)
             return 0
         if args.command == "train":
             return _train(args, extra)

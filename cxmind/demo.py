@@ -33,7 +33,7 @@ def demo_recipe(model: Path, records: Path, out: Path, *, scale: float = 1.0) ->
         **_CPU,
         "per_device_train_batch_size": 8,
         "num_generations": 4,
-        "max_completion_length": 320,
+        "max_completion_length": 256,
         "learning_rate": 2.0e-5,
         "lr_scheduler_type": "constant",
         "beta": 0.0,
@@ -70,20 +70,29 @@ def demo_recipe(model: Path, records: Path, out: Path, *, scale: float = 1.0) ->
                 "name": "grpo_closed",
                 "type": "grpo",
                 "data": [{"path": str(records), "task_types": ["closed"]}],
-                "args": {**grpo, "max_steps": steps(10)},
+                "args": {**grpo, "max_steps": steps(5)},
             },
             {
                 "name": "grpo_open",
                 "type": "grpo",
                 "data": [{"path": str(records), "task_types": ["open"]}],
-                "args": {**grpo, "max_steps": steps(10)},
+                "args": {**grpo, "max_steps": steps(5)},
             },
         ],
     }
 
 
-def run_demo(out: str | Path = "cxmind-demo", *, scale: float = 1.0, progress: bool = True) -> dict[str, Any]:
-    """Run the demo into ``out``; returns the evaluation results (as ``cxmind eval`` writes them)."""
+def run_demo(
+    out: str | Path = "cxmind-demo",
+    *,
+    scale: float = 1.0,
+    eval_limit: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the demo into ``out``; returns the evaluation results (as ``cxmind eval`` writes them).
+
+    ``eval_limit`` evaluates only the first N test records (recorded in results.json as limited).
+    """
     from cxmind.data.build import BuildConfig, SourceSpec, build
     from cxmind.data.images import ImageBudget
     from cxmind.data.phantom import write_phantom_dataset
@@ -138,6 +147,7 @@ def run_demo(out: str | Path = "cxmind-demo", *, scale: float = 1.0, progress: b
             out=eval_out,
             split="test",
             tasks=EVAL_TASKS,
+            limit=eval_limit,
             generation=GenerationConfig(max_new_tokens=384, batch_size=16, budget=budget),
             n_bootstrap=200,
         ),
