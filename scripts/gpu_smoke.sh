@@ -23,11 +23,11 @@
 # cxmind_state.json and finite losses/rewards; for vLLM, TRL's vLLM-only importance-sampling metrics; for
 # DeepSpeed, ZeRO-2/ZeRO-3 checkpoint files (so a launch that silently ran without DeepSpeed fails).
 #
-# Time budget (an estimate, not a measurement; one H100, packages installed, first run on the machine):
-# setup ~20s, hf-generate ~15s each, vllm-generate ~45s, eval-hf ~25s, eval-vllm ~60s, train-plain ~50s,
-# grpo-vllm-colocate ~90s (vLLM compiles and captures CUDA graphs: TRL does not pass enforce_eager),
-# train-zero2 ~70s, train-zero3 ~80s: ~7-8 minutes in all, under 10. Each command runs under `timeout`
-# (T_* below), so a hang costs at most that command's limit.
+# Time (measured 2026-11-28 on one H100, torch 2.11, no vLLM/flash-attn installed, so those checks skipped):
+# setup 38s, hf-generate-sdpa 26s, eval-hf 32s, train-plain 51s, train-zero2 54s, train-zero3 55s: 4.5 minutes.
+# Not yet measured: vllm-generate, eval-vllm and grpo-vllm-colocate (estimated ~45s, ~60s, ~90s: vLLM compiles
+# and captures CUDA graphs, as TRL does not pass enforce_eager), hf-generate-flash (~15s). Each command runs
+# under `timeout` (T_* below), so a hang costs at most that command's limit.
 #
 # Environment:
 #   CXMIND_SMOKE_ONLY="train-zero3 ..."  run only these checks (setup always runs): a re-run within a budget
