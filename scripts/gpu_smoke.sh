@@ -14,6 +14,7 @@
 #   eval-hf / eval-vllm         `cxmind eval` on the phantom records, HF bf16 / vLLM       (eval-vllm: vllm)
 #   train-plain                 `python3 -m cxmind train scripts/gpu_smoke/tiny.yaml`: SFT -> GRPO closed, bf16,
 #                               sdpa, one process, HF generation
+#   train-lora                  the same with a LoRA adapter (peft), merged into <stage>/merged between stages
 #   grpo-vllm-colocate          GRPO closed with colocated vLLM generation (use_vllm, vllm_mode colocate),
 #                               starting from train-plain's SFT stage                      (vllm)
 #   train-zero2 / train-zero3   SFT -> GRPO closed under `accelerate launch --config_file
@@ -24,7 +25,8 @@
 # DeepSpeed, ZeRO-2/ZeRO-3 checkpoint files (so a launch that silently ran without DeepSpeed fails).
 #
 # Time (measured 2026-11-28 on one H100, torch 2.11, no vLLM/flash-attn installed, so those checks skipped):
-# setup 38s, hf-generate-sdpa 26s, eval-hf 32s, train-plain 51s, train-zero2 54s, train-zero3 55s: 4.5 minutes.
+# setup 38s, hf-generate-sdpa 26s, eval-hf 32s, train-plain 51s, train-lora 55s, train-zero2 54s, train-zero3 55s:
+# 5.5 minutes.
 # Not yet measured: vllm-generate, eval-vllm and grpo-vllm-colocate (estimated ~45s, ~60s, ~90s: vLLM compiles
 # and captures CUDA graphs, as TRL does not pass enforce_eager), hf-generate-flash (~15s). Each command runs
 # under `timeout` (T_* below), so a hang costs at most that command's limit.
@@ -176,6 +178,13 @@ train_plain() {
     ok "bf16, sdpa, HF generation"
 }
 
+lora_args=(--peft "{method: lora, r: 8, lora_alpha: 16, target_modules: all-linear, between_stages: merge}")
+train_lora() {
+    step "$T_TRAIN" python3 -m cxmind train "${train_args[@]}" --output_dir "$work/lora" "${lora_args[@]}"
+    step "$T_CHECK" python3 scripts/gpu_smoke/check_run.py "$work/lora" --base "$model"
+    ok "bf16, LoRA r 8 on the language model, merged between stages"
+}
+
 grpo_vllm_colocate() {
     # Reuse train-plain's SFT stage: with its cxmind_stage.json (and no model) in <run>/sft the pipeline skips SFT
     # and starts GRPO from the model that file names (plain/sft), which vLLM loads too. Without it: SFT first.
@@ -213,6 +222,7 @@ train_zero2() { train_zero 2; }
 train_zero3() { train_zero 3; }
 
 check train-plain train_plain
+check train-lora train_lora
 if $have_vllm; then check grpo-vllm-colocate grpo_vllm_colocate; else skip grpo-vllm-colocate "vllm not importable"; fi
 for zero in zero2 zero3; do
     if $have_deepspeed; then check "train-$zero" "train_$zero"; else skip "train-$zero" "deepspeed not importable"; fi
