@@ -128,6 +128,30 @@ def test_each_stage_starts_from_and_is_regularised_towards_the_previous_one(
     assert loaded == [results[0].output_dir, results[0].output_dir]
 
 
+def test_vision_tower_frozen_per_stage(tiny_qwen25_vl_path, phantom_records, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    raw = recipe_dict(tiny_qwen25_vl_path, phantom_records, tmp_path / "run")
+    sft = raw["stages"][0]
+    # an alignment stage trains everything; the next one trains the language model only
+    raw["stages"] = [{**sft, "name": "align"}, {**sft, "name": "sft", "freeze_vision_tower": True}]
+    recipe = Recipe.from_dict(raw)
+    assert [recipe.freezes_vision_tower(s) for s in recipe.stages] == [False, True]
+    run_pipeline(recipe)
+    base, align, tuned = (
+        AutoModelForImageTextToText.from_pretrained(path).state_dict()
+        for path in (tiny_qwen25_vl_path, tmp_path / "run" / "align", tmp_path / "run" / "sft")
+    )
+    visual = [k for k in base if ".visual." in f".{k}"]
+    assert visual and any(not torch.equal(base[k], align[k]) for k in visual)
+    assert all(torch.equal(align[k], tuned[k]) for k in visual)
+    assert any(not torch.equal(align[k], tuned[k]) for k in base if k not in visual)
+
+    raw["peft"] = {"r": 4}
+    with pytest.raises(RecipeError, match=r"peft.train_vision_tower.*\['sft'\]"):
+        Recipe.from_dict(raw)
+
+
 @pytest.mark.parametrize("between", ["merge", "continue"])
 def test_lora_pipeline(tiny_qwen25_vl_path, phantom_records, tmp_path, between):
     peft = {"r": 4, "lora_alpha": 8, "between_stages": between, "train_vision_tower": False}

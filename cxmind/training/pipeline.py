@@ -122,7 +122,7 @@ def _run_stage(
     eval_data = (
         load_training_data(stage.eval_data, kind=stage.type, image_budget=budget) if stage.eval_data else None
     )
-    model, peft_config, quantization = _policy(recipe, start_model, start_adapter, config)
+    model, peft_config, quantization = _policy(recipe, stage, start_model, start_adapter, config)
     trainer_class = _trainer_class(stage.type)
     trainer = trainer_class(
         model=model,
@@ -193,7 +193,9 @@ def load_processor(recipe: Recipe) -> Any:
     return processor
 
 
-def _policy(recipe: Recipe, start_model: str, start_adapter: str | None, config: Any) -> tuple[Any, Any, Any]:
+def _policy(
+    recipe: Recipe, stage: StageSpec, start_model: str, start_adapter: str | None, config: Any
+) -> tuple[Any, Any, Any]:
     """(model or path, peft_config, quantization_config) for a stage's trainer."""
     peft = recipe.peft
     quantization = _quantization(peft) if peft is not None else None
@@ -213,7 +215,7 @@ def _policy(recipe: Recipe, start_model: str, start_adapter: str | None, config:
         return model, None, None
     if peft is not None:
         return start_model, _lora_config(peft), quantization
-    if recipe.freeze_vision_tower:
+    if recipe.freezes_vision_tower(stage):
         from trl.trainer.utils import create_model_from_path
 
         model = create_model_from_path(start_model, **dict(config.model_init_kwargs or {}))

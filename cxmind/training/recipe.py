@@ -102,6 +102,7 @@ class StageSpec:
     mix: str = "concatenate"
     push_to_hub: bool = False
     eval_data: list[DataSource] | None = None  # evaluated every `eval_steps` when args set `eval_strategy`
+    freeze_vision_tower: bool | None = None  # None: the recipe's value
 
     def config(self, output_dir: Path, defaults: Mapping[str, Any] | None = None) -> Any:
         """The stage's TRL config, parsed by ``HfArgumentParser`` (unknown keys name their stage).
@@ -165,8 +166,13 @@ class Recipe:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise RecipeError(f"stage names must be unique; repeated: {duplicates}")
-        if self.peft is not None and self.freeze_vision_tower:
-            raise RecipeError("with peft, use peft.train_vision_tower instead of freeze_vision_tower")
+        frozen = [s.name for s in self.stages if s.freeze_vision_tower] + [
+            "the recipe"
+        ] * self.freeze_vision_tower
+        if self.peft is not None and frozen:
+            raise RecipeError(
+                f"with peft, use peft.train_vision_tower instead of freeze_vision_tower (set in {frozen})"
+            )
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], *, source: str | None = None) -> Recipe:
@@ -191,6 +197,10 @@ class Recipe:
             if stage.name == name:
                 return stage
         raise RecipeError(f"no stage named {name!r}; stages: {[s.name for s in self.stages]}")
+
+    def freezes_vision_tower(self, stage: StageSpec) -> bool:
+        """Whether ``stage`` trains with the vision tower frozen (its own setting, else the recipe's)."""
+        return self.freeze_vision_tower if stage.freeze_vision_tower is None else stage.freeze_vision_tower
 
     def stage_config(self, stage: StageSpec) -> Any:
         """The stage's TRL config: output in ``<output_dir>/<stage>``, recipe seed and model_init_kwargs."""
@@ -227,6 +237,7 @@ def _stage(raw: Any, index: int, where: str) -> StageSpec:
         mix=raw.get("mix", "concatenate"),
         push_to_hub=bool(raw.get("push_to_hub", False)),
         eval_data=eval_sources,
+        freeze_vision_tower=raw.get("freeze_vision_tower"),
     )
 
 
