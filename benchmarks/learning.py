@@ -1,0 +1,577 @@
+"""Does the pipeline learn to *see*? Align, SFT, then GRPO on phantom chest X-rays, held-out patients.
+
+Builds phantom chest X-rays (:mod:`cxmind.data.phantom`, findings drawn where the labels say) and a
+record set from them, trains the tiny random Qwen2.5-VL (:mod:`cxmind.testing`) on the CPU with a
+real recipe through :func:`cxmind.training.pipeline.run_pipeline`, and evaluates with
+:func:`cxmind.eval.run.evaluate` (greedy decoding) after SFT, after GRPO, and once more on blank
+images. The last line is ``sft_acc: a, grpo_acc: b, blank_acc: c, chance: h, format: f``; targets:
+f >= 0.95, a >= 0.85, b >= a, c <= h + 0.10, under 30 minutes on two CPU cores.
+
+Definitions:
+
+* **held-out**: the record set's ``test`` split. Splits are patient-level (``cxmind.data.splits``), so
+  no test patient has any study in training. The build uses split fractions 0.7/0/0.3 so the test
+  split holds a few hundred evaluated records (the validation split is unused).
+* **closed accuracy** (a after SFT, b after GRPO): the fraction of evaluated test records whose final
+  option letter is the gold one (``metrics.overall.accuracy`` of results.json: pooled over records,
+  not a mean of task means), over ``disease_binary`` ("Is there X?", Yes/No) and
+  ``disease_single_choice`` ("Which finding is present?", four options). Their answers depend on the
+  image only: findings are drawn where the labels say and the question carries no label. Left out:
+  ``view_position`` (one of its three options, "Lateral", is never right for a phantom, and PA:AP is
+  80:20, so text alone beats uniform guessing by far), ``progression`` (two images) and
+  ``image_text_matching`` (also a reading test of the report quoted in the question). Multi-choice is
+  scored as open; open tasks are neither trained nor scored here.
+* **chance h**: the accuracy of a uniform guess over each question's options, averaged over the
+  evaluated records: mean of ``1 / len(options)`` (0.5 binary, 0.25 single choice; 0.375 by default).
+* **format f**: the format-valid rate (``metrics.overall.format``: only well-formed
+  ``<think>…</think><answer>…</answer>`` rounds, at least two) on the evaluated records: the
+  *minimum* over the SFT and GRPO evaluations.
+* **blank control c**: the final (GRPO) model on the same test records through the same
+  :func:`~cxmind.eval.run.evaluate` call, every image replaced by a blank one: a copy of the record
+  set (same parquet shards) whose ``cxmind_data.json`` image root points at PNGs with the same sizes
+  and relative paths, all one constant grey (the mean grey level of the evaluated images, so the
+  blank carries no per-image information). A model that reads the image falls to about chance.
+
+Data: 300 phantom patients at 224 px, image budget 224*224 (64 image tokens), drawn with
+``p_normal=0`` (each finding of a first study present with probability 0.3) so labels stay near
+balanced and a blank-image model cannot beat chance much from priors: a normal study makes the
+binary answer "No" and puts "No Finding" among the single-choice options only when it is the gold
+one, a text shortcut the generator's default of one normal study in three would make common.
+Studies with no finding still occur (~7%) and are kept.
+
+Recipe (written to ``<out>/recipe.yaml``; ``cxmind train`` runs it as is):
+
+1. ``align`` (SFT, 800 steps x 16, lr 2e-3): image -> ``report_impression`` text. Short prompts
+   (the image is 64 of ~90 tokens), so the randomly initialised vision tower and the language model
+   learn to connect; the usual VLM alignment stage. Closed-question SFT alone never does: its
+   ~175-token format instructions dilute the image and the model learns the format but ignores
+   the pixels (output distributions unchanged when the image is swapped).
+2. ``sft`` (SFT, 600 steps x 8, lr 2e-3, cosine): the two scored tasks' gold trajectories (train
+   split), mixed with the impressions so the visual pathway is kept.
+3. ``grpo_closed`` (GRPO Stage I, 30 steps, 16 completions = 4 prompts x 4, lr 5e-5 constant, no KL,
+   max 288 completion tokens): the same closed tasks, CuRL-VPR rewards, ``CXMindGRPOConfig``
+   defaults (gate on). GRPO Stage II (open questions) is optional in the method and left out, as
+   only closed questions are scored.
+
+Seeds are fixed; runs are deterministic up to CPU thread scheduling. One torch thread by default:
+with two threads a step stalls ~10x as soon as another process holds a core.
+
+What limits the default run (see ``--findings``): the tiny model has 2 layers of 2 heads. After
+alignment its image carries the findings (held-out impression NLL 5.9 nats with the study's own
+image vs 10-12 with another's), but a closed question also needs the *asked* finding looked up in
+the question: in the trained model layer-0 heads assemble sub-word tokens and both layer-1 heads
+spread over the image tokens; no head attends to the question's finding, so it never even copies
+the finding's name into its summary, and closed accuracy stays at chance within the time budget.
+``--findings Cardiomegaly --p-finding 0.5`` (a one-finding world: binary questions only, nothing to
+look up) isolates the seeing part.
+
+    python benchmarks/learning.py [--out DIR] [--cache DIR] [--quick] [--seed 0] [--threads 1]
+                                  [--findings NAME,NAME,...]
+
+Phantoms, records and the base model are built once into ``--cache`` (default
+``$CXMIND_CACHE/bench-learning``, else ``~/.cache/cxmind/bench-learning``); ``--out`` (default: a new
+temporary folder, kept) receives the recipe, stage models, evaluations (results.json, report.html),
+the blank-image record set and ``learning.json``. Finished stages and predictions already in
+``--out`` are reused, as ``cxmind train``/``cxmind eval`` do, so time a run on a fresh folder.
+``--quick`` is a smoke run of about a minute on 40 patients; its numbers are not expected to meet
+the targets.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import argparse
+import contextlib
+import json
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import TrainerCallback
+
+from cxmind.data.phantom import PHANTOM_FINDINGS
+
+EVAL_TASKS = ("disease_binary", "disease_single_choice")
+ALIGN_TASKS = ("report_impression",)  # image -> findings text: trained, never scored
+_CPU = {
+    "use_cpu": True,
+    "bf16": False,
+    "report_to": "none",
+    "dataloader_num_workers": 0,
+    "disable_tqdm": True,
+}
+_STARTED = time.monotonic()
+
+
+def say(text: str) -> None:
+    print(f"[{time.monotonic() - _STARTED:7.1f}s] {text}", flush=True)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one run trains on and how long (``--quick`` shrinks everything)."""
+
+    patients: int = 2000
+    test_fraction: float = 0.1  # patient-level held-out share
+    image_size: int = 224  # phantom side in pixels
+    max_pixels: int = 224 * 224  # model image budget: 64 image tokens
+    findings: tuple[str, ...] = PHANTOM_FINDINGS  # the phantoms' label space
+    p_finding: float = 0.3
+    align_steps: int = 800  # stage "align": image -> impression text
+    align_batch: int = 16
+    align_lr: float = 2.0e-3
+    sft_steps: int = 600  # stage "sft": closed questions (+ impressions)
+    sft_batch: int = 8
+    sft_lr: float = 2.0e-3
+    grpo_steps: int = 30
+    grpo_batch: int = 16
+    grpo_generations: int = 4
+    grpo_lr: float = 5.0e-5
+    max_completion: int = 288  # gold single-choice trajectories are <= ~230 tokens
+    eval_batch: int = 32
+    freeze_after_align: int = 1  # 1: the vision tower is trained in "align" only
+    text_layers: int = 2  # the tiny model's language model: layers x heads (hidden size 128)
+    text_heads: int = 2
+    seed: int = 0
+
+
+QUICK = Settings(patients=40, test_fraction=0.3, align_steps=20, sft_steps=20, grpo_steps=2, grpo_batch=8)
+
+
+# ------------------------------------------------------------------------------------------------
+# Data and model
+# ------------------------------------------------------------------------------------------------
+
+
+def prepare(cache: Path, s: Settings) -> tuple[Path, Path]:
+    """(record set, base model) under ``cache``, built on first use and reused afterwards."""
+    from cxmind.data.build import BuildConfig, SourceSpec, build
+    from cxmind.data.images import ImageBudget
+    from cxmind.data.phantom import write_phantom_dataset
+    from cxmind.data.records import META_FILE
+    from cxmind.data.tasks import TaskConfig
+    from cxmind.testing import build_tiny_qwen25_vl
+
+    model = build_tiny_qwen25_vl(cache / "tiny-qwen2.5-vl", seed=0)
+    if (s.text_layers, s.text_heads) != (2, 2):
+        model = widen(model, cache / f"tiny-qwen2.5-vl-L{s.text_layers}H{s.text_heads}", s)
+    world = "all" if s.findings == PHANTOM_FINDINGS else "+".join(f.replace(" ", "") for f in s.findings)
+    name = f"{s.patients}p-{s.image_size}px-{world}-p{s.p_finding}-normal0-seed{s.seed}"
+    phantom = cache / f"phantom-{name}"
+    if not (phantom / "phantom.csv").is_file():  # written last: its presence means a complete dataset
+        say(f"drawing phantom chest X-rays: {s.patients} patients, {s.image_size}px")
+        write_phantom_dataset(
+            phantom,
+            n_patients=s.patients,
+            seed=s.seed,
+            size=s.image_size,
+            findings=s.findings,
+            p_finding=s.p_finding,
+            p_normal=0.0,
+        )
+    records = cache / f"records-{name}-{s.max_pixels}px2-test{s.test_fraction}"
+    if not (records / META_FILE).is_file():
+        say(f"building records (patient-level splits {1 - s.test_fraction:g}/0/{s.test_fraction:g})")
+        task = TaskConfig(
+            tasks=EVAL_TASKS + ALIGN_TASKS, budget=ImageBudget(max_pixels=s.max_pixels), seed=s.seed
+        )
+        config = BuildConfig(
+            sources=[SourceSpec("phantom", phantom)],
+            out=records,
+            task=task,
+            split_fractions=(1 - s.test_fraction, 0.0, s.test_fraction),
+        )
+        build(config, progress=False)
+    return records, model
+
+
+def widen(base: Path, target: Path, s: Settings) -> Path:
+    """The tiny model with another language-model depth / head count (random init, same processor)."""
+    import torch
+    from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    if (target / "model.safetensors").is_file():
+        return target
+    config = AutoConfig.from_pretrained(base)
+    text = config.text_config
+    head_dim = text.hidden_size // s.text_heads
+    text.num_hidden_layers = text.max_window_layers = s.text_layers
+    text.layer_types = ["full_attention"] * s.text_layers
+    text.num_attention_heads = s.text_heads
+    text.num_key_value_heads = max(1, s.text_heads // 2)
+    unit = head_dim // 16  # mrope_section: head_dim / 2 rotary frequencies over (t, h, w), split 2:3:3
+    text.rope_parameters = {**text.rope_parameters, "mrope_section": [2 * unit, 3 * unit, 3 * unit]}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(s.seed)
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config = Qwen2_5_VLForConditionalGeneration.from_pretrained(base).generation_config
+    model.save_pretrained(target)
+    AutoProcessor.from_pretrained(base).save_pretrained(target)
+    return target
+
+
+def blank_copy(records: Path, out: Path, tasks: tuple[str, ...]) -> tuple[Path, int]:
+    """A copy of ``records`` whose images are constant grey PNGs of the same sizes; (copy, grey level).
+
+    Parquet shards are copied unchanged; only ``image_roots`` in the metadata is re-pointed, so the
+    copy is evaluated by the very same code path as the original.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from cxmind.data.records import META_FILE, image_roots, load_records, read_meta
+
+    target = out / "records-blank"
+    if (target / META_FILE).is_file():
+        meta = read_meta(target)
+        return target, int(meta["blank_grey_level"])
+    staging = out / ".records-blank.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(records / "data", staging / "data")
+    roots = image_roots(records)
+    rows = load_records(records, "test", decode_images=False).filter(lambda r: r["task"] in tasks)
+    wanted = sorted({(r["source"], rel) for r in rows for rel in r["images"]})
+    means = []
+    sizes = {}
+    for source, rel in wanted:
+        with Image.open(roots[source] / rel) as image:
+            sizes[(source, rel)] = image.size
+            means.append(float(np.asarray(image.convert("L"), dtype=np.float32).mean()))
+    grey = round(sum(means) / len(means))
+    for (source, rel), size in sizes.items():
+        path = staging / "images" / source / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", size, (grey, grey, grey)).save(path)
+    meta = read_meta(records)
+    meta["image_roots"] = {source: f"images/{source}" for source in roots}
+    meta["blank_grey_level"] = grey
+    (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    os.replace(staging, target)
+    return target, grey
+
+
+def chance(records: Path, tasks: tuple[str, ...]) -> tuple[float, int]:
+    """Uniform-guess accuracy over each evaluated test question's options, averaged; and the count."""
+    from cxmind.data.records import load_records
+
+    rows = load_records(records, "test", decode_images=False).filter(lambda r: r["task"] in tasks)
+    values = [1 / len(options) for options in rows["options"]]
+    return sum(values) / len(values), len(values)
+
+
+# ------------------------------------------------------------------------------------------------
+# Training
+# ------------------------------------------------------------------------------------------------
+
+
+def recipe(model: Path, records: Path, out: Path, s: Settings) -> dict[str, Any]:
+    """align -> SFT -> GRPO Stage I (closed), as a recipe dict (``cxmind train`` reads it as YAML too)."""
+    closed = {"path": str(records), "tasks": list(EVAL_TASKS)}
+    align = {"path": str(records), "tasks": list(ALIGN_TASKS)}
+
+    def sft(steps: int, batch: int, lr: float) -> dict[str, Any]:
+        return {
+            **_CPU,
+            "per_device_train_batch_size": batch,
+            "max_steps": steps,
+            "learning_rate": lr,
+            "lr_scheduler_type": "cosine",
+            "warmup_steps": 0.05,
+            "logging_steps": max(1, steps // 8),
+            "save_strategy": "no",
+        }
+
+    return {
+        "model": str(model),
+        "output_dir": str(out),
+        "seed": s.seed,
+        "max_pixels": s.max_pixels,
+        "stages": [
+            {
+                "name": "align",
+                "type": "sft",
+                "data": [align],
+                "args": sft(s.align_steps, s.align_batch, s.align_lr),
+            },
+            {
+                "name": "sft",
+                "type": "sft",
+                "freeze_vision_tower": bool(s.freeze_after_align),
+                "data": [closed, align],
+                "args": sft(s.sft_steps, s.sft_batch, s.sft_lr),
+            },
+            {
+                "name": "grpo_closed",
+                "type": "grpo",
+                "freeze_vision_tower": bool(s.freeze_after_align),
+                "data": [closed],
+                "args": {
+                    **_CPU,
+                    "per_device_train_batch_size": s.grpo_batch,
+                    "num_generations": s.grpo_generations,
+                    "max_completion_length": s.max_completion,
+                    "max_steps": s.grpo_steps,
+                    "learning_rate": s.grpo_lr,
+                    "lr_scheduler_type": "constant",
+                    "beta": 0.0,
+                    "temperature": 1.0,
+                    "logging_steps": max(1, s.grpo_steps // 6),
+                    "save_strategy": "no",
+                },
+            },
+        ],
+    }
+
+
+class Progress(TrainerCallback):
+    """One compact line per logging step (instead of transformers' printed log dicts); stage times."""
+
+    KEYS = (
+        "loss",
+        "mean_token_accuracy",
+        "reward",
+        "rewards/outcome/mean",
+        "rewards/format/mean",
+        "curl_vpr/gate/stable",
+        "completions/mean_length",
+    )
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.begin = time.monotonic()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.begin = time.monotonic()
+        say(f"stage {Path(args.output_dir).name}: {state.max_steps} steps")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        shown = [
+            f"{key.split('/')[1] if key.startswith('rewards/') else key.split('/')[-1]} {logs[key]:.3g}"
+            for key in self.KEYS
+            if isinstance(logs.get(key), int | float)
+        ]
+        if shown:
+            elapsed = time.monotonic() - self.begin
+            say(f"  step {state.global_step:>4}/{state.max_steps} ({elapsed:4.0f}s)  " + ", ".join(shown))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        name = Path(args.output_dir).name
+        self.seconds[name] = time.monotonic() - self.begin
+        say(f"stage {name} done in {self.seconds[name]:.0f}s")
+
+
+@contextlib.contextmanager
+def _quiet_trainer_logs() -> Iterator[None]:
+    """Trainers print every log dict when tqdm is off; the progress callback prints one line instead."""
+    import transformers.trainer as hf_trainer
+
+    saved = hf_trainer.PrinterCallback
+    hf_trainer.PrinterCallback = TrainerCallback
+    try:
+        yield
+    finally:
+        hf_trainer.PrinterCallback = saved
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation
+# ------------------------------------------------------------------------------------------------
+
+
+def evaluate_model(
+    model: str, records: Path, out: Path, s: Settings, tasks: tuple[str, ...]
+) -> dict[str, Any]:
+    from cxmind.data.images import ImageBudget
+    from cxmind.eval.generate import GenerationConfig
+    from cxmind.eval.run import EvalConfig, evaluate
+
+    config = EvalConfig(
+        model=model,
+        data=records,
+        out=out,
+        split="test",
+        tasks=tasks,
+        generation=GenerationConfig(
+            max_new_tokens=s.max_completion,
+            batch_size=s.eval_batch,
+            seed=s.seed,
+            budget=ImageBudget(max_pixels=s.max_pixels),
+        ),
+        n_bootstrap=1000,
+        html_samples=100,
+    )
+    return evaluate(config, progress=False)
+
+
+def _cell(metric: dict[str, Any] | None) -> str:
+    if not metric:
+        return "-"
+    ci = metric.get("ci")
+    return f"{metric['value']:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def metrics_table(title: str, results: dict[str, Any]) -> str:
+    metrics = results["metrics"]
+    groups = {"closed (pooled)": metrics["overall"], **metrics["by_task"]}
+    lines = [
+        f"{title}",
+        f"  {'task':<24}{'n':>5}  {'accuracy [95% CI]':<22}{'format [95% CI]':<22}"
+        f"{'consistency':>12}{'tokens':>8}",
+    ]
+    for name, m in groups.items():
+        n = (m.get("accuracy") or {}).get("n", 0)
+        consistency = m.get("process_consistency", {}).get("value", float("nan"))
+        tokens = m.get("tokens", {}).get("value", float("nan"))
+        lines.append(
+            f"  {name:<24}{n:>5}  {_cell(m.get('accuracy')):<22}{_cell(m.get('format')):<22}"
+            f"{consistency:>12.3f}{tokens:>8.0f}"
+        )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None, help="run folder (default: a new temporary one)")
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="where phantoms, records and model are built"
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run (a few minutes; no targets)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--findings",
+        default=None,
+        help="comma-separated phantom label space (default: all eight phantom findings)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (2 stalls ~10x when a core is busy)"
+    )
+    tunable = {
+        name: type(value)
+        for name, value in Settings().__dict__.items()
+        if name not in ("findings", "seed") and isinstance(value, int | float)
+    }
+    for name, kind in tunable.items():
+        flag = f"--{name.replace('_', '-')}"
+        parser.add_argument(flag, dest=name, type=kind, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    import datasets
+    import torch
+    from transformers import logging as hf_logging
+
+    from cxmind.data.records import load_records
+    from cxmind.testing import default_cache_dir
+    from cxmind.training.pipeline import run_pipeline
+    from cxmind.training.recipe import Recipe
+    from cxmind.vocab import canonical
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore")  # deprecation chatter of transformers/TRL, once per stage
+    torch.set_num_threads(args.threads)
+
+    values = dict((QUICK if args.quick else Settings()).__dict__, seed=args.seed)
+    values.update({k: getattr(args, k) for k in tunable if getattr(args, k) is not None})
+    if args.findings:
+        chosen = {canonical(f.strip()) for f in args.findings.split(",") if f.strip()}
+        values["findings"] = tuple(f for f in PHANTOM_FINDINGS if f in chosen)
+        if len(values["findings"]) != len(chosen):
+            parser.error(f"--findings: choose from {', '.join(PHANTOM_FINDINGS)}")
+    s = Settings(**values)
+    cache = (args.cache or default_cache_dir() / "bench-learning").expanduser().absolute()
+    out = (args.out or Path(tempfile.mkdtemp(prefix="cxmind-bench-learning-"))).expanduser().absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    say(f"settings: {s}")
+    say(f"cache {cache}; run folder {out}; torch threads {torch.get_num_threads()}")
+
+    records, model = prepare(cache, s)
+    test_tasks = set(load_records(records, "test", decode_images=False)["task"])
+    tasks = tuple(t for t in EVAL_TASKS if t in test_tasks)  # a one-finding world has no single choice
+    h, n_eval = chance(records, tasks)
+    counts = json.loads((records / "cxmind_data.json").read_text(encoding="utf-8"))["records_by_split_task"]
+    say(f"records: {counts}")
+    say(f"evaluated: {n_eval} test records of {', '.join(tasks)}; chance {h:.3f}")
+
+    raw = recipe(model, records, out / "run", s)
+    (out / "recipe.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    plan = Recipe.from_dict(raw)
+    plan.validate()
+    say(f"recipe: {out / 'recipe.yaml'}")
+    say("training: align -> SFT -> GRPO Stage I (closed questions; CuRL-VPR rewards, gate on)")
+    progress = Progress()
+    with _quiet_trainer_logs():
+        results = run_pipeline(plan, callbacks=[progress])
+    for result in results:
+        if result.skipped:
+            say(f"stage {result.name}: reused the finished stage in {result.output_dir}")
+
+    scores: dict[str, dict[str, Any]] = {}
+    by_name = {result.name: result for result in results}
+    for name in ("sft", "grpo_closed"):
+        begin = time.monotonic()
+        scores[name] = evaluate_model(by_name[name].model, records, out / "eval" / name, s, tasks)
+        say(f"evaluated {name} on {n_eval} held-out records in {time.monotonic() - begin:.0f}s")
+        print(metrics_table(f"after {name} (held-out test split)", scores[name]), flush=True)
+    blank, grey = blank_copy(records, out, tasks)
+    begin = time.monotonic()
+    scores["blank"] = evaluate_model(by_name["grpo_closed"].model, blank, out / "eval" / "blank", s, tasks)
+    say(f"evaluated grpo_closed on blank images (grey level {grey}) in {time.monotonic() - begin:.0f}s")
+    print(metrics_table("control: grpo_closed on blank images (same records)", scores["blank"]), flush=True)
+
+    def overall(name: str, metric: str) -> float:
+        return scores[name]["metrics"]["overall"][metric]["value"]
+
+    a, b, c = overall("sft", "accuracy"), overall("grpo_closed", "accuracy"), overall("blank", "accuracy")
+    f = min(overall("sft", "format"), overall("grpo_closed", "format"))
+    checks = {
+        "format >= 0.95": f >= 0.95,
+        "sft_acc >= 0.85": a >= 0.85,
+        "grpo_acc >= sft_acc": b >= a,
+        "blank_acc <= chance + 0.10": c <= h + 0.10,
+    }
+    total = time.monotonic() - _STARTED
+    summary = {
+        "settings": s.__dict__,
+        "records": str(records),
+        "tasks": tasks,
+        "n_eval": n_eval,
+        "sft_acc": a,
+        "grpo_acc": b,
+        "blank_acc": c,
+        "chance": h,
+        "format": f,
+        "stages": [
+            {"name": r.name, "model": r.model, "reused": r.skipped, "seconds": progress.seconds.get(r.name)}
+            for r in results
+        ],
+        "wall_seconds": total,
+        "targets": checks,
+    }
+    (out / "learning.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    print()
+    print(f"results: {out / 'learning.json'}; evaluations: {out / 'eval'}")
+    print("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in progress.seconds.items()))
+    print("targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in checks.items()))
+    note = "  [--quick: targets not expected]" if args.quick else ""
+    print(f"wall time: {total:.0f}s ({total / 60:.1f} min){note}")
+    print(f"sft_acc: {a:.3f}, grpo_acc: {b:.3f}, blank_acc: {c:.3f}, chance: {h:.3f}, format: {f:.3f}")
+
+
+if __name__ == "__main__":
+    main()
