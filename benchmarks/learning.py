@@ -99,12 +99,15 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from transformers import TrainerCallback
 
 from cxmind.data.phantom import PHANTOM_FINDINGS
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 EVAL_TASKS = ("disease_binary", "disease_single_choice")
 ALIGN_TASKS = ("report_impression",)  # image -> findings text: trained, never scored
@@ -225,8 +228,10 @@ def widen(base: Path, target: Path, s: Settings) -> Path:
     return target
 
 
-def blank_copy(records: Path, out: Path, tasks: tuple[str, ...]) -> tuple[Path, int]:
-    """A copy of ``records`` whose images are constant grey PNGs of the same sizes; (copy, grey level).
+def blank_copy(records: Path, out: Path, evaluated: Dataset) -> tuple[Path, int]:
+    """A copy of ``records`` whose ``evaluated`` rows' images are constant grey PNGs of the same sizes.
+
+    Returns (copy, grey level).
 
     Parquet shards are copied unchanged; only ``image_roots`` in the metadata is re-pointed, so the
     copy is evaluated by the very same code path as the original.
@@ -234,7 +239,7 @@ def blank_copy(records: Path, out: Path, tasks: tuple[str, ...]) -> tuple[Path, 
     import numpy as np
     from PIL import Image
 
-    from cxmind.data.records import META_FILE, image_roots, load_records, read_meta
+    from cxmind.data.records import META_FILE, image_roots, read_meta
 
     target = out / "records-blank"
     if (target / META_FILE).is_file():
@@ -244,8 +249,7 @@ def blank_copy(records: Path, out: Path, tasks: tuple[str, ...]) -> tuple[Path, 
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(records / "data", staging / "data")
     roots = image_roots(records)
-    rows = load_records(records, "test", decode_images=False).filter(lambda r: r["task"] in tasks)
-    wanted = sorted({(r["source"], rel) for r in rows for rel in r["images"]})
+    wanted = sorted({(r["source"], rel) for r in evaluated for rel in r["images"]})
     means = []
     sizes = {}
     for source, rel in wanted:
@@ -265,13 +269,10 @@ def blank_copy(records: Path, out: Path, tasks: tuple[str, ...]) -> tuple[Path, 
     return target, grey
 
 
-def chance(records: Path, tasks: tuple[str, ...]) -> tuple[float, int]:
-    """Uniform-guess accuracy over each evaluated test question's options, averaged; and the count."""
-    from cxmind.data.records import load_records
-
-    rows = load_records(records, "test", decode_images=False).filter(lambda r: r["task"] in tasks)
-    values = [1 / len(options) for options in rows["options"]]
-    return sum(values) / len(values), len(values)
+def chance(evaluated: Dataset) -> float:
+    """Uniform-guess accuracy over each evaluated question's options, averaged."""
+    values = [1 / len(options) for options in evaluated["options"]]
+    return sum(values) / len(values)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -506,9 +507,11 @@ def main(argv: list[str] | None = None) -> None:
     say(f"cache {cache}; run folder {out}; torch threads {torch.get_num_threads()}")
 
     records, model = prepare(cache, s)
-    test_tasks = set(load_records(records, "test", decode_images=False)["task"])
-    tasks = tuple(t for t in EVAL_TASKS if t in test_tasks)  # a one-finding world has no single choice
-    h, n_eval = chance(records, tasks)
+    test = load_records(records, "test", decode_images=False)
+    present = set(test["task"])
+    tasks = tuple(t for t in EVAL_TASKS if t in present)  # a one-finding world has no single choice
+    evaluated = test.filter(lambda r: r["task"] in tasks)
+    h, n_eval = chance(evaluated), len(evaluated)
     counts = json.loads((records / "cxmind_data.json").read_text(encoding="utf-8"))["records_by_split_task"]
     say(f"records: {counts}")
     say(f"evaluated: {n_eval} test records of {', '.join(tasks)}; chance {h:.3f}")
@@ -533,7 +536,7 @@ def main(argv: list[str] | None = None) -> None:
         scores[name] = evaluate_model(by_name[name].model, records, out / "eval" / name, s, tasks)
         say(f"evaluated {name} on {n_eval} held-out records in {time.monotonic() - begin:.0f}s")
         print(metrics_table(f"after {name} (held-out test split)", scores[name]), flush=True)
-    blank, grey = blank_copy(records, out, tasks)
+    blank, grey = blank_copy(records, out, evaluated)
     begin = time.monotonic()
     scores["blank"] = evaluate_model(by_name["grpo_closed"].model, blank, out / "eval" / "blank", s, tasks)
     say(f"evaluated grpo_closed on blank images (grey level {grey}) in {time.monotonic() - begin:.0f}s")
