@@ -29,12 +29,14 @@ __all__ = [
     "Parsed",
     "Round",
     "closed_instructions",
+    "final_letter",
     "findings_in",
     "instructions",
     "mark_of",
     "open_instructions",
     "option_letter",
     "option_letters",
+    "option_texts",
     "parse",
     "question_letters",
     "render",
@@ -46,6 +48,8 @@ ACCEPT = "✅"
 REJECT = "❌"
 DEFAULT_LETTERS = "ABCDEFGH"
 TASK_TYPES = ("closed", "open")
+#: A question's ``options`` column: labelled lines, unlabelled texts, a ``{letter: text}`` mapping or None.
+Options = Sequence[str] | Mapping[str, str] | str | None
 
 _TAG = re.compile(r"<(/?)(think|answer)>")
 # One well-formed round whose texts contain no "<" at all: the common case, matched without backtracking.
@@ -159,27 +163,53 @@ def _parse_general(text: str) -> Parsed:
 # Reading answers
 # ---------------------------------------------------------------------------------------------
 
-# A standalone label: uppercase letter, or lowercase letter directly followed by ")", optionally
-# wrapped as "(X)", then ")", ".", ":", white space or the end of the block.
-_LABEL = re.compile(r"(?<![A-Za-z0-9])\(?(?:([A-Z])|([a-z])(?=\)))\)?(?=[).:\s]|$)")
+# An option-letter candidate (spec §2): a letter with no letter or digit just before it, followed by a
+# *strong* terminator — ")", "）", "]", ".", ":", "*", ✅, ❌ — or a *weak* one: white space or the end
+# of the block. Openers "(", "[", "**" need no rule: they are neither letters nor digits. A lowercase
+# letter counts only before ")", "）" or "]" ("(b) Not matched"), never in prose ("e.g.", "a) ..." aside).
+_STRONG_END = ")）].:*" + "✅❌"
+_CANDIDATE = re.compile(
+    r"(?<![A-Za-z0-9])(?:([A-Z])|([a-z])(?=[)）\]]))"  # the letter; lowercase only before a bracket
+    r"(?:([" + re.escape(_STRONG_END) + r"])|(?=\s|\Z))"  # group 3: a strong terminator, else weak
+)
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # options are lettered by position, at most 26
 
 
 def option_letter(answer: str, letters: Iterable[str] | None = None) -> str | None:
-    """The option letter an answer block names, or ``None``.
+    """The option letter an answer block names, or ``None`` (spec §2).
 
-    The first standalone label that is one of ``letters`` (A–H when the options are unknown).
+    Only letters among ``letters`` count (A–H when the options are unknown). A letter followed by a
+    bracket, ".", ":", "*" or a verdict mark (*strong*) wins over one followed only by white space or
+    the end of the block (*weak*); among equals, the first.
 
-    >>> [option_letter(a) for a in ["C) ✅", "(b) Not matched", "Answer: D", "B. Lung Opacity", "No"]]
-    ['C', 'B', 'D', 'B', None]
+    >>> [option_letter(a) for a in ["C) ✅", "C）✅", "C✅", "[C] ✅", "**C** ✅", "(b) Not matched"]]
+    ['C', 'C', 'C', 'C', 'C', 'B']
+    >>> [option_letter(a) for a in ["Answer: D", "B. Lung Opacity", "A large heart; C) ✅", "No"]]
+    ['D', 'B', 'C', None]
     >>> option_letter("X-ray shows"), option_letter("E) ❌", letters="ABCD")
     (None, None)
     """
     allowed = set(letters) if letters is not None else set(DEFAULT_LETTERS)
-    for match in _LABEL.finditer(answer):
+    weak: str | None = None
+    for match in _CANDIDATE.finditer(answer):
         letter = (match.group(1) or match.group(2)).upper()
-        if letter in allowed:
+        if letter not in allowed:
+            continue
+        if match.group(3):
             return letter
-    return None
+        weak = weak or letter
+    return weak
+
+
+def final_letter(answer: str, letters: Iterable[str] | None = None) -> str | None:
+    """The option a *final* answer block commits to: its letter, unless the block rejects it (❌).
+
+    A completion cut off mid-way usually ends on a rejected option ("D) ❌"); that names no answer.
+
+    >>> final_letter("C) ✅"), final_letter("D) ❌"), final_letter("Answer: B")
+    ('C', None, 'B')
+    """
+    return None if mark_of(answer) == REJECT else option_letter(answer, letters)
 
 
 def mark_of(answer: str) -> str | None:
@@ -193,56 +223,81 @@ def mark_of(answer: str) -> str | None:
 _LIST_SPLIT = re.compile(r"[,;\n]")
 
 
-def findings_in(answer: str) -> list[str]:
+def findings_in(answer: str, options: Options = None) -> list[str]:
     """Canonical finding names listed in an answer block, in order, without duplicates.
 
     Items are separated by commas, semicolons or new lines; a leading "Differential
-    Diagnoses:", brackets and marks are ignored.
+    Diagnoses:", brackets, marks and modifiers ("left", "mild", "(left lower lobe)") are ignored
+    (:func:`cxmind.vocab.canonical`). With the question's ``options``, an item naming an option by
+    its letter ("A", "(c)", "A) Cardiomegaly") stands for that option's text.
 
     >>> findings_in("Differential Diagnoses: [effusion, Enlarged heart]")
     ['Pleural Effusion', 'Cardiomegaly']
+    >>> findings_in("A, C", options=["A) Cardiomegaly", "B) Edema", "C) Mass"])
+    ['Cardiomegaly', 'Mass']
     """
+    texts = option_texts(options) if options is not None else None
     seen: dict[str, None] = {}
     for item in _LIST_SPLIT.split(answer):
+        if texts:
+            label = _OPTION_LABEL.match(item)
+            letter = label and (label.group(1) or label.group(2)).upper()
+            if letter in texts:
+                item = texts[letter]
         name = canonical(item)
         if name:
             seen.setdefault(name, None)
     return list(seen)
 
 
-def option_letters(options: Sequence[str] | Mapping[str, str] | str | None) -> tuple[str, ...] | None:
-    """Letters of a question's options, from the dataset's ``options`` column.
+# A label opening an option or list item: "A", "A) ...", "(b) ...", "[C] ...", "**D** ...", "E. ...".
+_OPTION_LABEL = re.compile(r"\s*[(\[]?(?:\*\*)?(?:([A-Z])|([a-z])(?=[)）\]]))(?:[)）\].:*]+\s*|\s*\Z)")
+
+
+def option_texts(options: Options) -> dict[str, str] | None:
+    """The question's options as ``{letter: text}``, from the dataset's ``options`` column.
 
     Accepts a mapping ``{"A": "...", ...}``, a list of labelled options ``["A) ...", ...]`` or of bare
     letters, a list of unlabelled texts (lettered A, B, ... in order), or one string with one
-    labelled option per line. Returns ``None`` when no options are given.
+    labelled option per line. Returns ``None`` when no options are given; raises ``ValueError`` for
+    more than 26 unlabelled options.
+
+    >>> option_texts(["A) Atelectasis", "B) Edema"]), option_texts(["Atelectasis", "Edema"])
+    ({'A': 'Atelectasis', 'B': 'Edema'}, {'A': 'Atelectasis', 'B': 'Edema'})
+    """
+    if options is None:
+        return None
+    if isinstance(options, Mapping):
+        pairs = [(str(k).strip().upper(), str(v)) for k, v in options.items()]
+        return dict(pairs) or None
+    if isinstance(options, str):
+        items = [line for line in options.splitlines() if line.strip()]
+    else:
+        items = [str(o) for o in options]
+    if not items:
+        return None
+    labels = [_OPTION_LABEL.match(item) for item in items]
+    letters = [(m.group(1) or m.group(2)).upper() if m else None for m in labels]
+    if all(letters) and len(set(letters)) == len(letters):
+        return {x: item[m.end() :].strip() for x, item, m in zip(letters, items, labels, strict=True)}  # type: ignore[union-attr,misc]
+    if len(items) > len(LETTERS):
+        raise ValueError(f"{len(items)} options given; at most {len(LETTERS)} (A–Z) are supported")
+    return {LETTERS[i]: item.strip() for i, item in enumerate(items)}
+
+
+def option_letters(options: Options) -> tuple[str, ...] | None:
+    """Letters of a question's options (see :func:`option_texts`), or ``None`` without options.
 
     >>> option_letters(["A) Atelectasis", "B) Edema"]), option_letters({"A": "x", "C": "y"})
     (('A', 'B'), ('A', 'C'))
     >>> option_letters(["Atelectasis", "Edema", "Mass"])
     ('A', 'B', 'C')
     """
-    if options is None:
-        return None
-    if isinstance(options, Mapping):
-        items: list[str] = [str(k) for k in options]
-    elif isinstance(options, str):
-        items = [line for line in options.splitlines() if line.strip()]
-    else:
-        items = [str(o) for o in options]
-    if not items:
-        return None
-    letters = [_leading_label(item) for item in items]
-    if all(letters) and len(set(letters)) == len(letters):
-        return tuple(letters)  # type: ignore[arg-type]
-    if len(items) > len(DEFAULT_LETTERS):
-        raise ValueError(f"{len(items)} options given; at most {len(DEFAULT_LETTERS)} (A–H) are supported")
-    return tuple(DEFAULT_LETTERS[: len(items)])
+    texts = option_texts(options)
+    return tuple(texts) if texts else None
 
 
-def question_letters(
-    options: Sequence[str] | Mapping[str, str] | str | None, solution_rounds: Sequence[Round]
-) -> tuple[str, ...] | None:
+def question_letters(options: Options, solution_rounds: Sequence[Round]) -> tuple[str, ...] | None:
     """A question's option letters: the ``options`` column, else the letters the gold solution judges
     in its rounds before the last (spec §3); ``None`` when neither gives any."""
     letters = option_letters(options)
@@ -250,11 +305,6 @@ def question_letters(
         return letters
     judged = (option_letter(r.answer) for r in solution_rounds[:-1])
     return tuple(dict.fromkeys(letter for letter in judged if letter)) or None
-
-
-def _leading_label(item: str) -> str | None:
-    match = _LABEL.match(item.strip())
-    return (match.group(1) or match.group(2)).upper() if match else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,7 +379,7 @@ _OPEN_INSTRUCTIONS = (
 )
 
 
-def closed_instructions(options: Sequence[str] | Mapping[str, str] | str | None = None) -> str:
+def closed_instructions(options: Options = None) -> str:
     """Instructions appended to a closed-ended question (multiple choice or yes/no as options)."""
     letters = option_letters(options)
     if letters:
@@ -342,7 +392,7 @@ def open_instructions() -> str:
     return _OPEN_INSTRUCTIONS
 
 
-def instructions(task_type: str, options: Sequence[str] | Mapping[str, str] | str | None = None) -> str:
+def instructions(task_type: str, options: Options = None) -> str:
     """Format instructions for ``task_type`` ("closed" or "open")."""
     if task_type == "closed":
         return closed_instructions(options)

@@ -273,13 +273,54 @@ def _build_index() -> MappingProxyType[str, str]:
 _INDEX = _build_index()
 
 
-@lru_cache(maxsize=1 << 16)  # names repeat endlessly in data building and reward scoring
-def canonical(name: str) -> str:
-    """Canonical finding name for ``name``, or its normalised lowercase text when unknown."""
-    key = lookup_key(name)
+# Words that qualify a finding without changing which finding it is: laterality, location, size,
+# severity and age. Hedges ("possible") and negations ("no") are not among them: they change the claim.
+_MODIFIERS = frozenset(
+    """left right bilateral both unilateral sided bibasilar bibasal basilar basal base bases apical apex
+    upper lower middle mid lobe lobar lobes zone zones lingular perihilar retrocardiac segmental
+    subsegmental mild mildly moderate moderately severe severely minimal small large tiny trace massive
+    marked slight new old chronic acute stable residual focal diffuse patchy""".split()  # noqa: SIM905
+)
+# A trailing location phrase: "effusion on the left", "atelectasis in the left lower lobe".
+_LOCATION_TAIL = re.compile(r"\s(?:in|at|on|of|within|involving|along|at)\s.*$")
+_PARENTHETICAL = re.compile(r"\s*\([^()]*(?:\)|$)")
+
+
+def _lookup(key: str) -> str | None:
     found = _INDEX.get(key)
     if found is None and key.endswith("s"):
         found = _INDEX.get(key[:-1])  # simple plural ("nodules" without a listed plural)
+    return found
+
+
+def _without_modifiers(key: str) -> str | None:
+    """The finding named once modifiers, a parenthetical and a trailing location phrase are dropped."""
+    core = _LOCATION_TAIL.sub("", _PARENTHETICAL.sub("", key)).strip()
+    words = core.split()
+    while words:
+        found = _lookup(" ".join(words))
+        if found is not None or words[0] not in _MODIFIERS:
+            return found
+        words = words[1:]
+    return None
+
+
+@lru_cache(maxsize=1 << 16)  # names repeat endlessly in data building and reward scoring
+def canonical(name: str) -> str:
+    """Canonical finding name for ``name``, or its normalised lowercase text when unknown.
+
+    Modifiers that do not change the finding are ignored: laterality, location, size, severity
+    ("left pleural effusion", "mild cardiomegaly", "Atelectasis (left lower lobe)").
+
+    >>> canonical("small bilateral pleural effusions"), canonical("Atelectasis (left lower lobe)")
+    ('Pleural Effusion', 'Atelectasis')
+    >>> canonical("possible pneumonia")  # a hedge is not a modifier
+    'possible pneumonia'
+    """
+    key = lookup_key(name)
+    found = _lookup(key)
+    if found is None:
+        found = _without_modifiers(key)
     return found if found is not None else key
 
 

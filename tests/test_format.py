@@ -6,6 +6,7 @@ from cxmind.format import (
     ACCEPT,
     REJECT,
     Round,
+    final_letter,
     findings_in,
     instructions,
     mark_of,
@@ -98,6 +99,16 @@ def test_white_space_between_and_around_rounds_is_allowed():
         ("b. lower case needs a parenthesis", None),
         ("No finding", None),  # the reference code reads F here
         ("", None),
+        # v2 spellings (full-width bracket, glued mark, square brackets, bold) and strong beats weak
+        ("C）✅", "C"),
+        ("C✅", "C"),
+        ("[C] ✅", "C"),
+        ("**C** ✅", "C"),
+        ("c] ❌", "C"),
+        ("A large heart; C) ✅", "C"),
+        ("A: the heart is large; option C", "A"),  # a strong candidate before a weak one
+        ("B ✅", "B"),  # weak (white space), but the only candidate
+        ("e.g. B", "B"),
     ],
 )
 def test_option_letter(answer, letter):
@@ -125,9 +136,17 @@ def test_option_letters_from_dataset_columns(options, letters):
     assert option_letters(options) == letters
 
 
-def test_too_many_unlabelled_options_is_a_clear_error():
-    with pytest.raises(ValueError, match="at most 8"):
-        option_letters([f"finding {i}" for i in range(9)])
+def test_unlabelled_options_are_lettered_by_position_up_to_z():
+    assert option_letters([f"finding {i}" for i in range(26)])[-1] == "Z"
+    with pytest.raises(ValueError, match="at most 26"):
+        option_letters([f"finding {i}" for i in range(27)])
+
+
+def test_final_letter_treats_a_final_rejection_as_no_answer():
+    assert final_letter("D) ❌") is None  # a truncated completion usually stops on a rejected option
+    assert final_letter("C) ✅") == "C"
+    assert final_letter("C") == "C"
+    assert final_letter("C) ✅ ❌") == "C"  # both marks: no verdict, the letter stands
 
 
 def test_marks():
@@ -145,6 +164,23 @@ def test_findings_in_canonicalises_and_deduplicates():
     ]
     assert findings_in("No Finding") == ["No Finding"]
     assert findings_in("") == []
+
+
+def test_findings_in_reads_option_letters_through_the_options():
+    options = ["A) Cardiomegaly", "B) Edema", "C) Pleural Effusion", "D) No Finding"]
+    assert findings_in("A, C", options) == ["Cardiomegaly", "Pleural Effusion"]
+    assert findings_in("A) Cardiomegaly; (c)", options) == ["Cardiomegaly", "Pleural Effusion"]
+    assert findings_in("D", options) == ["No Finding"]
+    assert findings_in("A, C") == ["a", "c"]  # without options a letter is just text
+    assert findings_in("A large effusion", options) == ["a large effusion"]  # prose is not a label
+
+
+def test_findings_in_ignores_modifiers():
+    assert findings_in("left pleural effusion, mild cardiomegaly, Atelectasis (left lower lobe)") == [
+        "Pleural Effusion",
+        "Cardiomegaly",
+        "Atelectasis",
+    ]
 
 
 def test_render_round_trips_and_refuses_tags():

@@ -12,6 +12,7 @@ from cxmind.rewards import (
     completion_text,
     curl_vpr_reward_funcs,
     format_reward,
+    functions,
     score,
 )
 
@@ -92,7 +93,36 @@ def test_logs_mean_per_task_type():
         **batch(completions, [CLOSED_GOLD, CLOSED_GOLD, OPEN_GOLD], ["closed", "closed", "open"]),
         log_metric=lambda name, value: logged.__setitem__(name, value),
     )
-    assert logged == {"curl_vpr/format/closed": 0.5, "curl_vpr/format/open": 1.0}
+    assert logged == {"curl_vpr/format/closed": 0.5, "curl_vpr/format/open": 1.0, "curl_vpr/row_errors": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("solution", "task_type", "options"),
+    [
+        (CLOSED_GOLD, "clsoed", None),  # unknown task type
+        (CLOSED_GOLD, None, None),
+        (CLOSED_GOLD, "closed", [f"finding {i}" for i in range(27)]),  # more options than letters
+        (CLOSED_GOLD, "closed", 42),  # options of the wrong type
+        ("the heart is enlarged", "closed", None),  # no round in the reference
+        ("<think>a</think><answer>maybe</answer>", "closed", None),  # no letter in the final answer
+        (CLOSED_GOLD, "closed", ["A) a", "B) b"]),  # the gold letter C is not an option
+        ("<think>a</think><answer>[]</answer>", "open", None),  # empty final list
+        (None, "open", None),
+        ("", "closed", None),
+    ],
+)
+def test_a_malformed_row_scores_zero_and_is_counted(solution, task_type, options, monkeypatch):
+    """One bad row must not stop a GRPO step: it scores 0, the others are scored as usual."""
+    monkeypatch.setattr(functions, "_warned", set())  # each message is warned once per process
+    logged = {}
+    kwargs = batch(
+        [CLOSED_GOLD, CLOSED_GOLD], [solution, CLOSED_GOLD], [task_type, "closed"], [options, None]
+    )
+    with pytest.warns(RuntimeWarning, match="scores 0"):
+        for func in curl_vpr_reward_funcs():
+            values = func(**kwargs, log_metric=lambda name, value: logged.__setitem__(name, value))
+            assert values == [0.0, getattr(score(CLOSED_GOLD, CLOSED_GOLD, "closed"), func.component)]
+            assert logged["curl_vpr/row_errors"] == 1.0
 
 
 def test_missing_columns_name_the_fix():

@@ -142,6 +142,119 @@ def test_open_process_rules(old, new):
     assert score(OPEN_GOLD.replace(old, new), OPEN_GOLD, "open").process == 0.0
 
 
+# ----------------------------------------------------------------------------- v2: exploits of v1 closed
+
+CHEST = "<think>{}</think> <answer>{}</answer>"
+
+
+def rounds_text(*rounds):
+    return "\n".join(CHEST.format(t, a) for t, a in rounds)
+
+
+ABNORMAL_GOLD = rounds_text(
+    ("A hazy left base.", "Differential Diagnoses: [Atelectasis, Edema]"),
+    ("Considering Atelectasis, the fissure is displaced with volume loss.", "Atelectasis ✅"),
+    ("For Edema, the vessels are sharp and there are no septal lines.", "Edema ❌"),
+    ("Summary: left basal atelectasis.", "Atelectasis"),
+)
+
+
+def test_v2_rejecting_one_harmless_candidate_and_calling_the_study_normal_earns_no_process():
+    """v1 paid process for this (total 0.3 vs 0.1 for an honest wrong answer): a pull towards "normal"."""
+    lazy = rounds_text(
+        ("Looks clear.", "Differential Diagnoses: [Pneumothorax]"),
+        ("No pneumothorax: markings reach the wall.", "Pneumothorax ❌"),
+        ("Normal study.", "No Finding"),
+    )
+    honest = rounds_text(
+        ("A hazy left base.", "Differential Diagnoses: [Edema]"),
+        ("Hazy bases: edema.", "Edema ✅"),
+        ("Summary: edema.", "Edema"),
+    )
+    lazy_scores, honest_scores = score(lazy, ABNORMAL_GOLD, "open"), score(honest, ABNORMAL_GOLD, "open")
+    assert lazy_scores == RewardScores(1.0, 0.0, 0.0, 0.0)
+    assert lazy_scores.total() == pytest.approx(0.1) == honest_scores.total()
+
+
+def test_v2_skipping_an_uncertain_candidate_pays_no_more_than_judging_it_wrongly():
+    both_present = rounds_text(
+        ("A hazy left base and hazy hila.", "Differential Diagnoses: [Atelectasis, Edema]"),
+        ("Considering Atelectasis, the fissure is displaced with volume loss.", "Atelectasis ✅"),
+        ("For Edema, the hila are hazy with septal lines.", "Edema ✅"),
+        ("Summary: atelectasis and edema.", "Atelectasis, Edema"),
+    )
+    skipped = rounds_text(
+        ("A hazy left base.", "Differential Diagnoses: [Atelectasis, Edema]"),
+        ("Considering Atelectasis, the fissure is displaced with volume loss.", "Atelectasis ✅"),
+        ("Summary: left basal atelectasis.", "Atelectasis"),
+    )
+    judged_wrongly = skipped.replace(
+        "<think>Summary:",
+        "<think>For Edema, the vessels look sharp.</think> <answer>Edema ❌</answer>\n<think>Summary:",
+    )
+    skip, wrong = score(skipped, both_present, "open"), score(judged_wrongly, both_present, "open")
+    assert skip.process == 0.0  # v1 paid 0.2: Edema listed but never judged, and the final list is short
+    assert skip.total() <= wrong.total()
+    assert score(both_present, both_present, "open").process == 0.2
+
+
+def test_v2_open_process_needs_a_correct_final_list_and_each_candidate_judged_once():
+    # The same candidate judged twice.
+    twice = ABNORMAL_GOLD.replace(
+        "<think>Summary:", "<think>Edema again: no.</think> <answer>Edema ❌</answer>\n<think>Summary:"
+    )
+    assert score(twice, ABNORMAL_GOLD, "open").process == 0.0
+    # Consistent verdicts, ✅ set = final list, but the final list misses a reference finding (O < 1).
+    gold = ABNORMAL_GOLD.replace("<answer>Atelectasis</answer>", "<answer>Atelectasis, Pneumothorax</answer>")
+    partial = score(ABNORMAL_GOLD, gold, "open")
+    assert 0 < partial.outcome < 1 and partial.process == 0.0
+
+
+def test_v2_open_think_counts_accepting_a_non_reference_finding_as_zero():
+    over_called = ABNORMAL_GOLD.replace("Edema ❌", "Edema ✅").replace(
+        "<answer>Atelectasis</answer>", "<answer>Atelectasis, Edema</answer>"
+    )
+    scores = score(over_called, ABNORMAL_GOLD, "open")
+    assert scores.outcome == pytest.approx(2 / 3)
+    assert scores.think == pytest.approx(0.5)  # (1 for Atelectasis + 0 for Edema) / 2; v1 gave 1.0
+
+
+def test_v2_open_think_needs_a_non_zero_outcome():
+    # Accepting the right finding in a middle round but answering something else entirely.
+    wrong_final = ABNORMAL_GOLD.replace("<answer>Atelectasis</answer>", "<answer>Pneumothorax</answer>")
+    scores = score(wrong_final, ABNORMAL_GOLD, "open")
+    assert scores.outcome == 0.0 and scores.think == 0.0
+
+
+@pytest.mark.parametrize("spelling", ["C）✅", "C✅", "[C] ✅", "**C** ✅", "The heart is large; C) ✅"])
+def test_v2_option_letter_spellings_are_read(spelling):
+    completion = closed([*GOLD_CLOSED_ROUNDS[:4], ("Summary: option C.", spelling)])
+    assert score(completion, CLOSED_GOLD, "closed").outcome == 1.0
+
+
+def test_v2_a_final_rejection_is_no_answer():
+    """A completion that ends on "C) ❌" does not answer C (truncated outputs usually end like this)."""
+    truncated = closed([*GOLD_CLOSED_ROUNDS[:2], ("C is not it.", "C) ❌")])
+    assert score(truncated, CLOSED_GOLD, "closed").outcome == 0.0
+    assert score(truncated, CLOSED_GOLD, "closed", mode="reference").outcome == 1.0  # reference unchanged
+
+
+def test_v2_multi_label_choice_answers_by_letter_or_with_modifiers():
+    options = ["A) Atelectasis", "B) Edema", "C) Pneumothorax"]
+    for final in ("A", "A) Atelectasis", "left lower lobe atelectasis", "Atelectasis (left lower lobe)"):
+        completion = ABNORMAL_GOLD.replace("<answer>Atelectasis</answer>", f"<answer>{final}</answer>")
+        assert score(completion, ABNORMAL_GOLD, "open", options=options).outcome == 1.0, final
+
+
+def test_v2_think_is_scored_on_at_most_eight_times_the_reference_words():
+    gold_think = GOLD_CLOSED_ROUNDS[2][0]
+    padded = gold_think + " " + " ".join(f"w{i}" for i in range(8 * len(gold_think.split())))
+    exact = closed([*GOLD_CLOSED_ROUNDS[:2], (padded, "C) ✅"), *GOLD_CLOSED_ROUNDS[3:]])
+    cut = " ".join(padded.split()[: 8 * len(gold_think.split())])
+    by_hand = closed([*GOLD_CLOSED_ROUNDS[:2], (cut, "C) ✅"), *GOLD_CLOSED_ROUNDS[3:]])
+    assert score(exact, CLOSED_GOLD, "closed").think == score(by_hand, CLOSED_GOLD, "closed").think > 0
+
+
 # ----------------------------------------------------------------------------- reference-code defects
 
 

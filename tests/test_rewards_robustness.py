@@ -4,6 +4,7 @@ linear re-implementations of the reference code's regular expressions agree with
 import math
 import re
 import time
+import warnings
 
 import pytest
 from hypothesis import given, settings
@@ -115,6 +116,58 @@ def test_one_megabyte_adversarial_completion_scores_fast(name):
             check_in_range(scores, 0.5 if task == "closed" else 0.2)
             # Quadratic backtracking on 1 MB takes minutes; linear parsing takes well under a second.
             assert elapsed < 1.0, f"{name}/{task}/{mode}: {elapsed:.2f}s"
+
+
+def test_one_megabyte_of_distinct_words_scores_fast():
+    """The think similarity stems every distinct word; v2 bounds it by the reference's length."""
+    words = " ".join(f"w{i:x}y" for i in range(MB // 7))
+    completion = CLOSED_GOLD.replace("the cardiothoracic ratio exceeds one half.", words)
+    assert len(completion) >= MB
+    start = time.perf_counter()
+    scores = score(completion, CLOSED_GOLD, "closed")
+    elapsed = time.perf_counter() - start
+    assert scores.outcome == 1.0 and 0 < scores.think < 1
+    assert elapsed < 0.5, f"{elapsed:.2f}s"
+
+
+option_lists = st.one_of(
+    st.none(),
+    st.integers(),
+    st.text(max_size=50),
+    st.lists(st.text(max_size=12), max_size=30),
+    st.dictionaries(st.text(max_size=3), st.text(max_size=10), max_size=5),
+)
+rows = st.fixed_dictionaries(
+    {
+        "completion": any_text,
+        "solution": st.one_of(st.none(), any_text, st.sampled_from([CLOSED_GOLD, OPEN_GOLD])),
+        "task_type": st.one_of(st.none(), st.sampled_from(["closed", "open", "report", "grounding", "x"])),
+        "options": option_lists,
+    }
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(batch=st.lists(rows, min_size=1, max_size=4))
+def test_no_trl_reward_function_raises_on_any_row(batch):
+    n = len(batch)
+    kwargs = {key: [row[key] for row in batch] for key in ("solution", "task_type", "options")}
+    for func in curl_vpr_reward_funcs():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            values = func(
+                prompts=[""] * n,
+                completions=[row["completion"] for row in batch],
+                completion_ids=[[]] * n,
+                log_metric=lambda name, value: None,
+                **kwargs,
+            )
+        assert len(values) == n
+        for value, row in zip(values, batch, strict=True):
+            if row["task_type"] in ("report", "grounding"):
+                assert value is None
+            else:
+                assert isinstance(value, float) and math.isfinite(value)
 
 
 # ----------------------------------------------------------------------------- reference regexes

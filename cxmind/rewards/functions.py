@@ -16,11 +16,12 @@ zeroes the think and process columns of unstable batches.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
-from cxmind.format import TASK_TYPES, option_letters
+from cxmind.format import TASK_TYPES, option_letters, option_texts
 from cxmind.rewards.scoring import (
     DEFAULT_W_CLOSED,
     DEFAULT_W_FORMAT,
@@ -28,6 +29,7 @@ from cxmind.rewards.scoring import (
     DEFAULT_W_OUTCOME,
     MODES,
     RewardScores,
+    reference_problem,
     score,
 )
 from cxmind.rewards.similarity import DEFAULT_ALPHA
@@ -35,6 +37,31 @@ from cxmind.rewards.similarity import DEFAULT_ALPHA
 __all__ = ["COMPONENTS", "DEFAULT_REWARD_WEIGHTS", "CuRLReward", "completion_text", "curl_vpr_reward_funcs"]
 
 COMPONENTS = ("format", "outcome", "think", "process")
+#: Task types scored by other reward functions: CuRL-VPR returns ``None`` for them (TRL skips the row).
+OTHER_TASK_TYPES = ("report", "grounding")
+#: Logged count of malformed rows per call: they score 0 instead of stopping the training step.
+ROW_ERRORS_METRIC = "curl_vpr/row_errors"
+
+
+class MalformedRow(ValueError):
+    """A dataset row CuRL-VPR cannot score: unknown task type, bad options, unusable reference."""
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned and len(_warned) < 100:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _option_items(options: Any) -> tuple[tuple[str, str], ...] | None:
+    """The row's options as a hashable ``((letter, text), ...)`` (the score cache keys on it)."""
+    texts = option_texts(options)
+    return tuple(texts.items()) if texts else None
+
+
 # TRL reward_weights for [format, outcome, think, process]; process is already scaled in score().
 DEFAULT_REWARD_WEIGHTS = (DEFAULT_W_FORMAT, DEFAULT_W_OUTCOME, 1.0, 1.0)
 
@@ -63,6 +90,7 @@ def _cached_score(
     solution: str,
     task_type: str,
     letters: tuple[str, ...] | None,
+    option_items: tuple[tuple[str, str], ...] | None,
     mode: str,
     w_closed: float,
     w_open: float,
@@ -72,7 +100,7 @@ def _cached_score(
         completion,
         solution,
         task_type,
-        options=letters,
+        options=letters if task_type == "closed" else dict(option_items or ()) or None,
         mode=mode,
         w_closed=w_closed,
         w_open=w_open,
@@ -119,23 +147,20 @@ class CuRLReward:
         options_column = kwargs.get("options") or [None] * len(completions)
         rewards: list[float | None] = []
         per_task: dict[str, list[float]] = {}
+        row_errors = 0
         for completion, solution, task_type, options in zip(
             completions, columns["solution"], columns["task_type"], options_column, strict=True
         ):
-            if task_type not in TASK_TYPES:
-                rewards.append(None)
+            if task_type in OTHER_TASK_TYPES:
+                rewards.append(None)  # report/grounding rows: another reward function's business
                 continue
-            letters = option_letters(options) if task_type == "closed" else None
-            scores = _cached_score(
-                completion_text(completion),
-                solution or "",
-                task_type,
-                letters,
-                self.mode,
-                self.w_closed,
-                self.w_open,
-                self.alpha,
-            )
+            try:
+                scores = self._score_row(completion_text(completion), solution, task_type, options)
+            except MalformedRow as error:
+                row_errors += 1
+                _warn_once(f"{self.__name__}: {error}; the row scores 0 (counted in {ROW_ERRORS_METRIC})")
+                rewards.append(0.0)
+                continue
             value = getattr(scores, self.component)
             rewards.append(value)
             per_task.setdefault(task_type, []).append(value)
@@ -143,7 +168,28 @@ class CuRLReward:
         if log_metric is not None:
             for task_type, values in sorted(per_task.items()):
                 log_metric(f"curl_vpr/{self.component}/{task_type}", sum(values) / len(values))
+            log_metric(ROW_ERRORS_METRIC, float(row_errors))
         return rewards
+
+    def _score_row(self, completion: str, solution: Any, task_type: Any, options: Any) -> RewardScores:
+        """Score one row, or raise :class:`MalformedRow` when the row itself (not the completion) is bad."""
+        if task_type not in TASK_TYPES:
+            raise MalformedRow(
+                f"unknown task_type {task_type!r} (expected one of {TASK_TYPES + OTHER_TASK_TYPES})"
+            )
+        if not isinstance(solution, str) or not solution.strip():
+            raise MalformedRow(f"{task_type} row without a reference solution")
+        try:
+            letters = option_letters(options) if task_type == "closed" else None
+            texts = _option_items(options) if task_type == "open" else None
+        except (ValueError, TypeError) as error:
+            raise MalformedRow(f"unreadable options ({error})") from error
+        problem = reference_problem(solution, task_type, letters)
+        if problem is not None:
+            raise MalformedRow(problem)
+        return _cached_score(
+            completion, solution, task_type, letters, texts, self.mode, self.w_closed, self.w_open, self.alpha
+        )
 
 
 def _required_columns(kwargs: Mapping[str, Any], n: int, name: str) -> dict[str, list[Any]]:

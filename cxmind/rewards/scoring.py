@@ -1,6 +1,6 @@
 """CuRL-VPR reward components: pure functions of completion text, reference text and task.
 
-``score`` is the public entry point (``shared/specs/curl-vpr.md`` §3). ``mode="fixed"`` (default)
+``score`` is the public entry point (``docs/rewards.md`` gives the rules). ``mode="fixed"`` (default)
 implements the specification; ``mode="reference"`` reproduces the public reference code, defects
 included (see :mod:`cxmind.rewards.reference`), so a user can either train better or reproduce
 the paper. No gate is applied here: the batch-level gate lives in :mod:`cxmind.rewards.gate`.
@@ -9,15 +9,18 @@ the paper. No gate is applied here: the batch-level gate lives in :mod:`cxmind.r
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from cxmind.format import (
     ACCEPT,
     DEFAULT_LETTERS,
     REJECT,
     TASK_TYPES,
+    Options,
     Parsed,
+    final_letter,
     findings_in,
     mark_of,
     option_letter,
@@ -36,6 +39,7 @@ __all__ = [
     "MODES",
     "RewardScores",
     "combine",
+    "reference_problem",
     "score",
 ]
 
@@ -44,8 +48,8 @@ DEFAULT_W_CLOSED = 0.5  # reference code; the paper's figure says 0.2
 DEFAULT_W_OPEN = 0.2
 DEFAULT_W_FORMAT = 0.1
 DEFAULT_W_OUTCOME = 0.9
+THINK_LENGTH_FACTOR = 8  # a think is scored on at most 8x its reference's words (spec §6)
 
-Options = Sequence[str] | Mapping[str, str] | str | None
 Similarity = Callable[[str, str, float], float]
 
 
@@ -95,8 +99,9 @@ def score(
         completion: the model's text.
         solution: the gold trajectory of the row, in the same format.
         task_type: ``"closed"`` (options) or ``"open"`` (finding list).
-        options: the row's options (list, mapping or lines); closed tasks only. When missing they
-            are read from the letters of the solution's rounds before its last.
+        options: the row's options (list, mapping or lines). Closed tasks: the letters that count;
+            when missing they are read from the letters of the solution's rounds before its last.
+            Open tasks (multi-label choice): list items naming an option by letter stand for its text.
         mode: ``"fixed"`` (the specification) or ``"reference"`` (the public code, defects included).
         w_closed, w_open: process reward weights for closed and open tasks.
         alpha: weight of BLEU-1 against ROUGE-L in the think similarity.
@@ -140,7 +145,27 @@ def _score(
         return RewardScores(*reference.score_open(completion, solution, w_open, alpha, sim))
     if task_type == "closed":
         return _score_closed(completion, solution, options, w_closed, alpha, sim)
-    return _score_open(completion, solution, w_open, alpha, sim)
+    return _score_open(completion, solution, options, w_open, alpha, sim)
+
+
+@lru_cache(maxsize=4096)  # a batch repeats each row's reference once per completion
+def reference_problem(solution: str, task_type: str, letters: tuple[str, ...] | None = None) -> str | None:
+    """Why a row's reference trajectory cannot be scored against, or ``None`` when it can.
+
+    A closed reference must end on an option letter (among ``letters`` when given); an open one
+    must end on a non-empty list.
+
+    >>> reference_problem("no rounds here", "closed")
+    'the reference solution has no <think>/<answer> round'
+    """
+    rounds = parse(solution).rounds
+    if not rounds:
+        return "the reference solution has no <think>/<answer> round"
+    if task_type == "closed" and final_letter(rounds[-1].answer, letters or DEFAULT_LETTERS) is None:
+        return f"the reference's final answer {rounds[-1].answer[:40]!r} names no option letter"
+    if task_type == "open" and not findings_in(rounds[-1].answer):
+        return "the reference's final list is empty"
+    return None
 
 
 def _as_text(value: object) -> str:
@@ -165,14 +190,18 @@ def _score_closed(
     readable = letters or tuple(DEFAULT_LETTERS)
     fmt = _format_score(pred)
 
-    gold_letter = option_letter(gold.rounds[-1].answer, readable) if gold.rounds else None
+    gold_letter = final_letter(gold.rounds[-1].answer, readable) if gold.rounds else None
     pred_letters = [option_letter(r.answer, readable) for r in pred.rounds]
-    if gold_letter is None or not pred_letters or pred_letters[-1] != gold_letter:
+    if (
+        gold_letter is None
+        or not pred.rounds
+        or final_letter(pred.rounds[-1].answer, readable) != gold_letter
+    ):
         return RewardScores(fmt, 0.0, 0.0, 0.0)
 
     pred_think = next(r.think for r, x in zip(pred.rounds, pred_letters, strict=True) if x == gold_letter)
     gold_think = next(r.think for r in gold.rounds if option_letter(r.answer, readable) == gold_letter)
-    think = sim(pred_think, gold_think, alpha)
+    think = sim(_bounded(pred_think, gold_think), gold_think, alpha)
 
     process = 0.0
     if letters is not None:
@@ -200,36 +229,55 @@ def _set_f1(pred: set[str], gold: set[str]) -> float:
     return 2 * len(pred & gold) / (len(pred) + len(gold))
 
 
-def _score_open(completion: str, solution: str, w_open: float, alpha: float, sim: Similarity) -> RewardScores:
+def _score_open(
+    completion: str, solution: str, options: Options, w_open: float, alpha: float, sim: Similarity
+) -> RewardScores:
     pred, gold = parse(completion), parse(solution)
     fmt = _format_score(pred)
-    gold_set = set(findings_in(gold.rounds[-1].answer)) if gold.rounds else set()
+    gold_set = set(findings_in(gold.rounds[-1].answer, options)) if gold.rounds else set()
     # A completion without any round has no final list at all: it earns no outcome.
-    final = set(findings_in(pred.rounds[-1].answer)) if pred.rounds else None
+    final = set(findings_in(pred.rounds[-1].answer, options)) if pred.rounds else None
     outcome = _set_f1(final, gold_set) if final is not None else 0.0
 
     middle = pred.rounds[1:-1]
     verdicts = [(canonical(r.answer), mark_of(r.answer), r.think) for r in middle]
 
-    gold_thinks: dict[str, str] = {}
-    for r in gold.rounds[1:-1]:
-        gold_thinks.setdefault(canonical(r.answer), r.think)
-    sims = [
-        sim(think, gold_thinks[name], alpha) if name in gold_thinks else 0.0
-        for name, mark, think in verdicts
-        if mark == ACCEPT and name in gold_set
-    ]
-    think = sum(sims) / len(sims) if sims else 0.0
+    think = 0.0
+    accepted_thinks = [(name, t) for name, mark, t in verdicts if mark == ACCEPT]
+    if outcome > 0 and accepted_thinks:
+        gold_thinks: dict[str, str] = {}
+        for r in gold.rounds[1:-1]:
+            gold_thinks.setdefault(canonical(r.answer), r.think)
+        # Every accepted round counts: accepting a finding the reference lacks scores 0 for that round.
+        sims = [
+            sim(_bounded(t, gold_thinks[name]), gold_thinks[name], alpha)
+            if name in gold_set and name in gold_thinks
+            else 0.0
+            for name, t in accepted_thinks
+        ]
+        think = sum(sims) / len(sims)
 
     process = 0.0
-    if verdicts and final:
-        differential = set(findings_in(pred.rounds[0].answer))
+    if verdicts and final and outcome == 1.0:
+        differential = findings_in(pred.rounds[0].answer, options)
+        judged = [name for name, _, _ in verdicts]
         consistent = all(
             mark is not None and (mark == ACCEPT) == (name in gold_set) for name, mark, _ in verdicts
         )
         accepted = {name for name, mark, _ in verdicts if mark == ACCEPT}
         agrees = accepted == final or (not accepted and final == {NO_FINDING})
-        listed = all(name in differential for name, _, _ in verdicts)
-        if consistent and agrees and listed:
+        # Each differential candidate judged in exactly one middle round, and nothing else judged.
+        each_once = len(judged) == len(set(judged)) and set(judged) == set(differential)
+        if consistent and agrees and each_once:
             process = w_open
     return RewardScores(fmt, outcome, think, process)
+
+
+def _bounded(think: str, reference: str) -> str:
+    """``think`` cut to its first 8× as many words as ``reference`` has (spec §6, v2).
+
+    Bounds the similarity cost by the reference: a 1 MB think is scored on its first few hundred words.
+    """
+    limit = THINK_LENGTH_FACTOR * len(reference.split())
+    words = think.split(maxsplit=limit)
+    return think if len(words) <= limit else " ".join(words[:limit])

@@ -51,7 +51,7 @@ def bleu1(hypothesis: list[str], reference: list[str]) -> float:
     weights=(1,))``.
 
     >>> bleu1("the cat sat".split(), "the cat sat on the mat".split())  # doctest: +ELLIPSIS
-    0.1353...
+    0.3678...
     """
     hyp_len, ref_len = len(hypothesis), len(reference)
     if hyp_len == 0:
