@@ -1,7 +1,7 @@
 """The interleaved ``<think>…</think><answer>…</answer>`` format: parse, validate, render, instruct.
 
 A completion is one or more *rounds*; each round judges one option (closed questions) or one
-candidate finding (open questions) — see ``shared/specs/curl-vpr.md`` §1–2. This module is the
+candidate finding (open questions) — see ``docs/rewards.md`` §1–2. This module is the
 single source of truth for the grammar: the rewards, the gold-trace builders and evaluation all
 parse through it, and the prompt instructions that teach the format live next to the parser.
 
@@ -163,10 +163,10 @@ def _parse_general(text: str) -> Parsed:
 # Reading answers
 # ---------------------------------------------------------------------------------------------
 
-# An option-letter candidate (spec §2): a letter with no letter or digit just before it, followed by a
-# *strong* terminator — ")", "）", "]", ".", ":", "*", ✅, ❌ — or a *weak* one: white space or the end
-# of the block. Openers "(", "[", "**" need no rule: they are neither letters nor digits. A lowercase
-# letter counts only before ")", "）" or "]" ("(b) Not matched"), never in prose ("e.g.", "a) ..." aside).
+# An option-letter candidate (docs/rewards.md §2): a letter with no letter or digit just before it,
+# followed by a *strong* terminator (")", "）", "]", ".", ":", "*", ✅, ❌) or a *weak* one (white space
+# or the end of the block). Openers "(", "[", "**" need no rule: they are neither letters nor digits.
+# A lowercase letter counts only before ")", "）" or "]" ("(b) Not matched"), never in prose ("e.g.").
 _STRONG_END = ")）].:*" + "✅❌"
 _CANDIDATE = re.compile(
     r"(?<![A-Za-z0-9])(?:([A-Z])|([a-z])(?=[)）\]]))"  # the letter; lowercase only before a bracket
@@ -176,7 +176,7 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # options are lettered by position, at m
 
 
 def option_letter(answer: str, letters: Iterable[str] | None = None) -> str | None:
-    """The option letter an answer block names, or ``None`` (spec §2).
+    """The option letter an answer block names, or ``None`` (docs/rewards.md §2).
 
     Only letters among ``letters`` count (A–H when the options are unknown). A letter followed by a
     bracket, ".", ":", "*" or a verdict mark (*strong*) wins over one followed only by white space or
@@ -299,7 +299,7 @@ def option_letters(options: Options) -> tuple[str, ...] | None:
 
 def question_letters(options: Options, solution_rounds: Sequence[Round]) -> tuple[str, ...] | None:
     """A question's option letters: the ``options`` column, else the letters the gold solution judges
-    in its rounds before the last (spec §3); ``None`` when neither gives any."""
+    in its rounds before the last (docs/rewards.md §3); ``None`` when neither gives any."""
     letters = option_letters(options)
     if letters:
         return letters

@@ -1,4 +1,4 @@
-"""The interleaved grammar: parsing, validation, rendering and instructions (spec §1–2)."""
+"""The interleaved grammar: parsing, validation, rendering and instructions (docs/rewards.md §1–2)."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""The accuracy gate (spec §4)."""
+"""The accuracy gate (docs/rewards.md §4)."""
 
 import json
 import math

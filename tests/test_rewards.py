@@ -1,4 +1,4 @@
-"""CuRL-VPR components (spec §3): the spec's examples, fixed-mode rules and reference-code defects."""
+"""CuRL-VPR components (docs/rewards.md §3): its examples, fixed-mode rules and reference-code defects."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""BLEU-1 / ROUGE-L equal nltk and rouge_score to 1e-9 (spec §3) on real and adversarial text."""
+"""BLEU-1 / ROUGE-L equal nltk and rouge_score to 1e-9 (docs/rewards.md §3) on real and adversarial text."""
 
 import random
 

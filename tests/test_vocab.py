@@ -1,4 +1,4 @@
-"""The shared finding vocabulary (spec §2)."""
+"""The shared finding vocabulary (docs/rewards.md §2)."""
 
 import pytest
 

@@ -19,7 +19,7 @@ options        labelled options ``["A) Yes", "B) No"]`` (closed tasks, and the c
                multi-label choice), else ``None``
 answer         short answer: the letter (closed), comma-separated findings or "No Finding" (open),
                the reference text (report), Qwen2.5-VL ``bbox_2d`` JSON in the resized frame (grounding)
-solution       the gold interleaved trajectory (closed/open, ``shared/specs/curl-vpr.md``), else ``None``
+solution       the gold interleaved trajectory (closed/open, ``docs/rewards.md`` §1), else ``None``
 source         dataset name (``nih``, ``chexpert``, ...)
 patient_id     patient identifier within the source (splits never cross patients)
 study_id       study identifier within the source

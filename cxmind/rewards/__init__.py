@@ -1,6 +1,6 @@
 """CuRL-VPR rewards: a pure scoring core, TRL reward functions and the accuracy gate.
 
-See ``shared/specs/curl-vpr.md``. Typical use::
+See ``docs/rewards.md`` in the repository. Typical use::
 
     from cxmind.rewards import score
     score(completion, solution, "closed").outcome

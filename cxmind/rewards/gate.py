@@ -1,4 +1,4 @@
-"""The accuracy gate of CuRL-VPR (spec §4): process rewards count only while accuracy is not falling.
+"""The CuRL-VPR accuracy gate (docs/rewards.md §4): process rewards count while accuracy is not falling.
 
 Per generation batch, ``m`` is the mean outcome over the *global* batch. The first batch is stable;
 afterwards a batch is stable iff ``m >= ema + margin``; then ``ema = α·m + (1-α)·ema`` (the EMA

@@ -1,4 +1,4 @@
-"""``mode="reference"``: the public CX-Mind reward code's behaviour, defects included (spec §5).
+"""``mode="reference"``: the public CX-Mind reward code's behaviour, defects included (docs/rewards.md §5).
 
 Each function here returns what the reference implementation's regular expressions return, but
 computes it in one forward pass: the original patterns (lazy ``.*?`` under ``re.DOTALL`` and

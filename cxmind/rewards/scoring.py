@@ -48,7 +48,7 @@ DEFAULT_W_CLOSED = 0.5  # reference code; the paper's figure says 0.2
 DEFAULT_W_OPEN = 0.2
 DEFAULT_W_FORMAT = 0.1
 DEFAULT_W_OUTCOME = 0.9
-THINK_LENGTH_FACTOR = 8  # a think is scored on at most 8x its reference's words (spec §6)
+THINK_LENGTH_FACTOR = 8  # a think is scored on at most 8x its reference's words (docs/rewards.md §6)
 
 Similarity = Callable[[str, str, float], float]
 
@@ -65,7 +65,7 @@ class RewardScores:
     def total(
         self, stable: bool = True, *, w_format: float = DEFAULT_W_FORMAT, w_outcome: float = DEFAULT_W_OUTCOME
     ) -> float:
-        """The gated total of spec §4 for this completion, given the batch's gate decision."""
+        """The gated total of docs/rewards.md §4 for this completion, given the batch's gate decision."""
         return combine(self.format, self.outcome, self.think, self.process, stable, w_format, w_outcome)
 
 
@@ -78,7 +78,7 @@ def combine(
     w_format: float = DEFAULT_W_FORMAT,
     w_outcome: float = DEFAULT_W_OUTCOME,
 ) -> float:
-    """``w_f·F + w_o·O + (R + P if stable else 0)`` (spec §4)."""
+    """``w_f·F + w_o·O + (R + P if stable else 0)`` (docs/rewards.md §4)."""
     return w_format * format + w_outcome * outcome + ((think + process) if stable else 0.0)
 
 
@@ -274,7 +274,7 @@ def _score_open(
 
 
 def _bounded(think: str, reference: str) -> str:
-    """``think`` cut to its first 8× as many words as ``reference`` has (spec §6, v2).
+    """``think`` cut to its first 8× as many words as ``reference`` has (docs/rewards.md §6, v2).
 
     Bounds the similarity cost by the reference: a 1 MB think is scored on its first few hundred words.
     """

@@ -6,7 +6,7 @@ loudly if TRL changes their signatures):
 - ``_calculate_rewards`` returns the rewards of the *gathered* generation batch (every process
   holds the same tensor). The gate decides there, from the batch's mean outcome, and zeroes the
   think and process columns of an unstable batch — so every process takes the same decision,
-  equal to a single-process computation on the same batch (spec §4). The curriculum sampler's
+  equal to a single-process computation on the same batch (docs/rewards.md §4). The curriculum sampler's
   statistics are fed from the same gathered batch.
 - ``_get_train_sampler`` returns a :class:`~cxmind.training.curriculum.CurriculumSampler`, which
   keeps TRL's ``RepeatSampler`` batch geometry.
@@ -60,7 +60,7 @@ class CXMindGRPOConfig(GRPOConfig):
         default=DEFAULT_ALPHA, metadata={"help": "BLEU-1 share of the think similarity."}
     )
     gate: bool = field(
-        default=True, metadata={"help": "Gate think/process rewards on batch accuracy (spec §4)."}
+        default=True, metadata={"help": "Gate think/process rewards on batch accuracy (docs/rewards.md §4)."}
     )
     gate_ema_alpha: float = field(
         default=DEFAULT_EMA_ALPHA, metadata={"help": "EMA rate of the gate's accuracy."}
