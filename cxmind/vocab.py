@@ -17,6 +17,7 @@ PadChest, VinDr-CXR, RSNA, SIIM) and common report wording onto one canonical na
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from types import MappingProxyType
@@ -26,10 +27,15 @@ __all__ = [
     "FINDINGS",
     "NIH_14",
     "NO_FINDING",
+    "PARENT",
+    "RELATED",
     "Finding",
+    "ancestors",
     "canonical",
+    "implied",
     "is_known",
     "lookup_key",
+    "not_absent",
     "synonyms_of",
 ]
 
@@ -336,3 +342,100 @@ def synonyms_of(name: str) -> tuple[str, ...]:
 
 
 _BY_NAME = MappingProxyType({f.name: f for f in FINDINGS})
+
+
+# ---------------------------------------------------------------------------------------------
+# Hierarchy: which findings imply which (one home for data builders, traces, audit and metrics)
+# ---------------------------------------------------------------------------------------------
+
+#: ``child -> parent``: a present child means its parent is present too. CheXpert's label hierarchy
+#: (Irvin et al. 2019, Fig. 2: Lung Opacity over Edema, Consolidation, Pneumonia, Atelectasis and Lung
+#: Lesion; Enlarged Cardiomediastinum over Cardiomegaly), extended to the other sources' names for the
+#: same things (an infiltrate is an opacity; a nodule, mass, cavity or cyst is a lung lesion).
+PARENT: MappingProxyType[str, str] = MappingProxyType(
+    {
+        "Edema": "Lung Opacity",
+        "Consolidation": "Lung Opacity",
+        "Pneumonia": "Consolidation",
+        "Atelectasis": "Lung Opacity",
+        "Lung Lesion": "Lung Opacity",
+        "Infiltration": "Lung Opacity",
+        "Alveolar Pattern": "Lung Opacity",
+        "Mass": "Lung Lesion",
+        "Nodule": "Lung Lesion",
+        "Nodule/Mass": "Lung Lesion",
+        "Lung Tumor": "Lung Lesion",
+        "Lung Cavity": "Lung Lesion",
+        "Lung Cyst": "Lung Lesion",
+        "Cardiomegaly": "Enlarged Cardiomediastinum",
+    }
+)
+
+#: Findings that often stand for each other without one implying the other: when one is present the
+#: other is *unknown*, never a safe "absent" (PadChest labels a blunted costophrenic angle where a
+#: small effusion is not named; pneumonia is read as consolidation, infiltrate or opacity by turns).
+RELATED: frozenset[frozenset[str]] = frozenset(
+    frozenset(pair)
+    for pair in (
+        ("Costophrenic Angle Blunting", "Pleural Effusion"),
+        ("Pleural Thickening", "Pleural Effusion"),
+        ("Pleural Other", "Pleural Thickening"),
+        ("Pneumonia", "Infiltration"),
+        ("Consolidation", "Infiltration"),
+        ("Interstitial Pattern", "Interstitial Lung Disease"),
+        ("Interstitial Pattern", "Edema"),
+        ("Fibrosis", "Interstitial Lung Disease"),
+        ("Granuloma", "Calcification"),
+        ("Granuloma", "Nodule"),
+        ("Aortic Elongation", "Aortic Enlargement"),
+        ("Enlarged Pulmonary Artery", "Hilar Enlargement"),
+        ("Emphysema", "COPD"),
+        ("Air Trapping", "COPD"),
+        ("Tuberculosis", "Pneumonia"),
+        ("Nodule/Mass", "Mass"),
+        ("Nodule/Mass", "Nodule"),
+        ("Other Lesion", "Lung Lesion"),
+    )
+)
+
+
+def ancestors(name: str) -> tuple[str, ...]:
+    """The findings a present ``name`` implies, nearest first.
+
+    >>> ancestors("Pneumonia")
+    ('Consolidation', 'Lung Opacity')
+    """
+    out: list[str] = []
+    current = PARENT.get(canonical(name))
+    while current is not None and current not in out:
+        out.append(current)
+        current = PARENT.get(current)
+    return tuple(out)
+
+
+def implied(positives: Iterable[str]) -> set[str]:
+    """``positives`` with every finding they imply (canonical names).
+
+    >>> sorted(implied(["Cardiomegaly", "Nodule"]))
+    ['Cardiomegaly', 'Enlarged Cardiomediastinum', 'Lung Lesion', 'Lung Opacity', 'Nodule']
+    """
+    out: set[str] = set()
+    for name in positives:
+        key = canonical(name)
+        out.add(key)
+        out.update(ancestors(key))
+    return out
+
+
+def not_absent(positives: Iterable[str]) -> set[str]:
+    """Findings that cannot be called absent given ``positives``: the positives, what they imply, and
+    every finding related to one of those (:data:`RELATED`).
+
+    A distractor or a ❌ verdict must never come from this set.
+
+    >>> sorted(not_absent(["Pleural Effusion"]))
+    ['Costophrenic Angle Blunting', 'Pleural Effusion', 'Pleural Thickening']
+    """
+    present = implied(positives)
+    related = {other for pair in RELATED if pair & present for other in pair}
+    return present | related
