@@ -62,6 +62,20 @@ CASES: list[tuple[str, dict[str, int]]] = [
     ("Enlarged heart with small bilateral effusions, possibly edema.", {CM: 1, ED: -1, PE: 1}),
     ("Resolved interstitial edema.", {NF: 1, ED: 0}),
     ("Pacemaker leads in the right ventricle. No acute disease.", {NF: 1, SD: 1}),
+    # hedges and negations of real reports (verbatim ones in IU_CASES below)
+    ("Suspected pneumonia.", {PN: -1}),
+    ("Pneumonia is suspected.", {PN: -1}),
+    ("Question of left lower lobe pneumonia?", {PN: -1}),
+    ("Pneumothorax?", {PX: -1}),
+    ("Opacities favoring scar or atelectasis.", {LO: 1, AT: -1}),
+    ("There is no suggestion of pneumothorax.", {NF: 1, PX: 0}),
+    ("A superimposed pneumonia would be a consideration.", {PN: -1}),
+    ("Heart size within the limits of normal.", {NF: 1, CM: 0}),
+    ("The lungs are within normal limits.", {NF: 1}),
+    ("Cardiomegaly and pulmonary vascularity within normal limits.", {CM: 1}),  # WNL negates its subject
+    ("The effusions have cleared.", {NF: 1, PE: 0}),
+    ("There is a right effusion, and the left effusion has resolved.", {PE: 1}),  # not a list
+    ("Please note that nondisplaced fractures may not be demonstrated.", {FX: -1}),
 ]
 
 
@@ -74,6 +88,22 @@ def test_likely_is_uncertain_unless_asked() -> None:
     assert label_report("Atelectasis is likely.") == {AT: -1}
     assert label_report("Likely atelectasis.") == {AT: -1}
     assert label_report("Likely atelectasis.", likely_positive=True) == {AT: 1}
+
+
+def test_uncertain_as_maps_only_uncertain_labels() -> None:
+    text = "Cannot exclude a small left pleural effusion. No pneumothorax, mild cardiomegaly."
+    assert label_report(text) == {CM: 1, PX: 0, PE: -1}
+    assert label_report(text, uncertain_as=-1) == label_report(text)
+    assert label_report(text, uncertain_as=1) == {CM: 1, PX: 0, PE: 1}  # U-Ones
+    assert label_report(text, uncertain_as=0) == {CM: 1, PX: 0, PE: 0}  # U-Zeros
+    # as in CheXpert the policy maps labels after labeling: an uncertain finding still withholds No Finding
+    assert label_report("Possible early pneumonia.", uncertain_as=0) == {PN: 0}
+    assert label_report("No pneumothorax.", uncertain_as=1) == {NF: 1, PX: 0}
+    assert label_reports(["Possible early pneumonia.", ""], uncertain_as=1) == [{PN: 1}, {}]
+    assert label_report("Likely atelectasis.", likely_positive=True, uncertain_as=0) == {AT: 1}
+    for bad in (2, -2, None):
+        with pytest.raises(ValueError, match="uncertain_as"):
+            label_report("Cardiomegaly.", uncertain_as=bad)  # type: ignore[arg-type]
 
 
 def test_blank_report_has_no_labels() -> None:
@@ -174,6 +204,120 @@ IU_CASES: list[tuple[str, dict[str, int]]] = [
         "evidence of recurrence. Heart size normal. No effusion.",
         {CM: 0, AT: 1, PE: 0, PO: 1},
     ),
+    # hedges: a question, "favored to represent", post-nominal "suspected", "another consideration",
+    # "in the differential", "suggestion of", "maybe", "difficult to exclude", "correlate clinically
+    # for", "in the appropriate clinical setting", "evaluation for"
+    (
+        "Increased interstitial opacities non-specific. Question edema or atypical infection?",
+        {LO: 1, ED: -1, PN: -1},
+    ),
+    (
+        "Question mild pulmonary vascular congestion in a patient with prosthetic aortic valve.",
+        {ED: -1, SD: 1},
+    ),
+    (
+        "1. Right basilar opacities favored to represent atelectasis. 2. Stigmata of XXXX cell disease. "
+        "3. Cholelithiasis.",
+        {LO: 1, AT: -1},
+    ),
+    (
+        "There is cardiomegaly. Lateral view somewhat limited however small bilateral pleural effusions "
+        "suspected. There is central vascular congestion.",
+        {CM: 1, ED: 1, PE: -1},
+    ),
+    (
+        "1. Cardiomegaly with diffuse interstitial opacities. Findings may be secondary to pulmonary edema. "
+        "Atypical infection is another consideration.",
+        {CM: 1, LO: 1, ED: -1, PN: -1},
+    ),
+    (
+        "Patchy airspace disease in the lingula without evidence of effusion. Pneumonia is in the "
+        "differential. A followup exam in 4 to 6 weeks should be considered to ensure resolution of this "
+        "process.",
+        {LO: 1, PN: -1, PE: 0},
+    ),
+    (
+        "Mild cardiomegaly. No overt edema. Lateral image is degraded by motion but there suggestion of "
+        "minimal bibasilar airspace disease/atelectasis. No appreciable pleural effusion or pneumothorax.",
+        {CM: 1, LO: -1, ED: 0, AT: -1, PX: 0, PE: 0},
+    ),
+    (
+        "Nonspecific interstitial prominence and basilar patchy airspace disease. Maybe due to pulmonary "
+        "fibrosis, scarring and/or atelectasis. Comparison with outside previous films may be useful.",
+        {LO: 1, AT: -1},
+    ),
+    (
+        "Underinflated lungs with elevation of the left diaphragm and patchy airspace disease in the left "
+        "base, probably mostly atelectasis. It would be difficult to completely exclude a superimposed "
+        "pneumonia. No pleural effusion.",
+        {LO: 1, PN: -1, AT: -1, PE: 0},
+    ),
+    ("Right upper lobe airspace consolidation Please correlate clinically for pneumonia.", {CO: 1, PN: -1}),
+    (
+        "Right lower lobe infiltrate. In the appropriate clinical setting this appearance is compatible with "
+        "pneumonia. Consider followup PA and lateral chest x-XXXX in 4-6 weeks to ensure resolution and "
+        "exclude an underlying mass.",
+        {LO: 1, LL: -1, PN: -1},
+    ),
+    (
+        "Evaluation for pneumothorax is limited due to exclusion of the superior-most pulmonary apices. No "
+        "visible pleural XXXX. No focal air space opacities or pleural effusion. Cardiomediastinal "
+        "silhouette is within normal limits. No free subdiaphragmatic air. Mild degenerative changes of the "
+        "thoracic spine. Included osseous structures are grossly intact.",
+        {EC: 0, LO: 0, PX: -1, PE: 0},
+    ),
+    # negations: "within limits of normal" (its own subject only), "have cleared" over a whole list
+    (
+        "Heart size and pulmonary vascular engorgement appear within limits of normal. Mediastinal contour "
+        "is unremarkable. No focal consolidation, pleural effusion, or pneumothorax identified. No acute "
+        "bony changes.",
+        {NF: 1, EC: 0, CM: 0, ED: 0, CO: 0, PX: 0, PE: 0},
+    ),
+    (
+        "Consolidation, atelectasis, and costophrenic XXXX blunting in the left lower lobe have cleared in "
+        "the interval. A persistent patchy infiltrate is present in the right middle lobe. No XXXX "
+        "infiltrates. Heart is slightly large. Pulmonary XXXX are normal. Aorta remains tortuous.",
+        {CM: 1, LO: 1, CO: 0, AT: 0, PE: 0},
+    ),
+    ("Cleared left lower lobe airspace disease with persistent right middle lobe airspace disease.", {LO: 1}),
+    # signs the report denies or explains, and volume loss: uncertain, not positive
+    ("Cardiomegaly with central pulmonary vascular congestion. No XXXX edema.", {CM: 1, ED: -1}),
+    (
+        "Cardiomegaly with central pulmonary vascular congestion and no acute cardiopulmonary findings.",
+        {CM: 1, ED: 1},
+    ),
+    (
+        "Prior sternotomy. Midline sternotomy XXXX. Normal heart size. Vascular congestion. No overt edema "
+        "or lobar pneumonia. No pleural effusion.",
+        {CM: 0, ED: -1, PN: 0, PE: 0},
+    ),
+    (
+        "Normal heart size and mediastinal contours. Minimal blunting of the costophrenic XXXX. No focal "
+        "airspace consolidation. No pneumothorax or pleural effusion.",
+        {EC: 0, CM: 0, CO: 0, PX: 0, PE: -1},
+    ),
+    (
+        "Mild blunting left costophrenic recess, possibly mild atelectasis or scarring.",
+        {LO: -1, AT: -1, PE: -1},
+    ),
+    (
+        "The heart is normal in size and contour. There is no mediastinal widening. No focal airspace "
+        "disease. Left upper lobe granuloma. No evidence of active tuberculosis. Stable chronic blunting of "
+        "the right costophrenic XXXX. No pneumothorax. The XXXX are intact.",
+        {EC: 0, CM: 0, LO: 0, PX: 0, PE: -1},
+    ),
+    ("Stable left thoracotomy changes with left-sided volume loss. No acute interval change.", {AT: -1}),
+    # phrases: "pleural air collection" (pneumothorax), "pneumonitis" (MeSH: pneumonia)
+    (
+        "Heart size is normal. Left upper lobe atelectasis / infiltrate in the left perihilar region, "
+        "unchanged. Two venous catheter tips overlie the mid SVC. Small medial left upper lobe pleural air "
+        "collection.",
+        {CM: 0, LO: 1, AT: 1, PX: 1, SD: 1},
+    ),
+    (
+        "Developing left upper lobe consolidation and focal atelectasis, consistent with pneumonitis.",
+        {CO: 1, PN: 1, AT: 1},
+    ),
 ]
 
 
@@ -184,23 +328,31 @@ def test_real_iu_xray_reports(text: str, expected: dict[str, int]) -> None:
 
 
 _ABSTRACT = re.compile(r'<AbstractText Label="(?:FINDINGS|IMPRESSION)">(.*?)</AbstractText>', re.S)
+_MESH_MAJOR = re.compile(r"<major>(.*?)</major>", re.S)
 
 
 @lru_cache(maxsize=1)
-def _iu_reports() -> tuple[str, ...]:
-    """Whole IU X-ray reports: findings and impression joined, as a generated report would read."""
+def _iu_indexed() -> tuple[tuple[str, frozenset[str]], ...]:
+    """Whole IU X-ray reports (findings and impression joined, as a generated report would read), each
+    with the MeSH headings its human indexers gave it ("Pulmonary Atelectasis/base/left" -> the
+    heading "Pulmonary Atelectasis")."""
     import torchxrayvision
 
     archive = Path(torchxrayvision.__file__).parent / "data" / "NLMCXR_reports.tgz"
-    reports: list[str] = []
+    reports: list[tuple[str, frozenset[str]]] = []
     with tarfile.open(archive) as tar:
         for member in tar:
             if member.name.endswith(".xml"):
                 xml = tar.extractfile(member).read().decode("utf-8", "replace")  # type: ignore[union-attr]
                 parts = [t.strip() for t in _ABSTRACT.findall(xml) if t.strip()]
                 if parts:
-                    reports.append(" ".join(parts))
+                    headings = frozenset(m.split("/")[0].strip() for m in _MESH_MAJOR.findall(xml))
+                    reports.append((" ".join(parts), headings))
     return tuple(reports)
+
+
+def _iu_reports() -> tuple[str, ...]:
+    return tuple(report for report, _ in _iu_indexed())
 
 
 def test_every_iu_report_gets_valid_labels() -> None:
@@ -227,3 +379,38 @@ def test_labels_thousands_of_reports_per_second() -> None:
     label_reports(reports)
     rate = len(reports) / (time.perf_counter() - start)
     assert rate >= 300, f"{rate:.0f} reports/s"
+
+
+# CheXpert findings and the MeSH heading IU X-ray's human indexers use for the same finding. Other
+# findings map less cleanly (Lung Opacity is split over Opacity / Airspace Disease / Density /
+# Infiltrate; "vascular congestion", Edema for CheXpert, is its own heading, Pulmonary Congestion).
+MESH_HEADING = {
+    CM: "Cardiomegaly",
+    PE: "Pleural Effusion",
+    AT: "Pulmonary Atelectasis",
+    PX: "Pneumothorax",
+    ED: "Pulmonary Edema",
+    CO: "Consolidation",
+    PN: "Pneumonia",
+}
+
+
+def test_agrees_with_human_mesh_indexing_of_iu_reports() -> None:
+    """Micro-F1 of the labeler's positives (label 1) against the human MeSH indexing of all 3,927 IU
+    X-ray reports over the seven findings above: 0.907 (0.871 before the hedge, negation and sign rules
+    of the module docstring). Per finding: Cardiomegaly 0.912, Pleural Effusion 0.901, Atelectasis
+    0.945, Pneumothorax 0.875, Edema 0.729, Consolidation 0.935, Pneumonia 0.831. Most remaining
+    disagreements are conventions rather than phrasing: MeSH indexes "borderline cardiomegaly" and
+    "atelectasis versus scarring" as present (the labeler: uncertain) and "enlarged cardiac silhouette"
+    apart from Cardiomegaly."""
+    tp = fp = fn = 0
+    for report, headings in _iu_indexed():
+        labels = label_report(report)
+        for finding, heading in MESH_HEADING.items():
+            predicted, indexed = labels.get(finding) == 1, heading in headings
+            tp += predicted and indexed
+            fp += predicted and not indexed
+            fn += indexed and not predicted
+    micro_f1 = 2 * tp / (2 * tp + fp + fn)
+    assert tp > 800, tp
+    assert micro_f1 >= 0.90, f"micro-F1 {micro_f1:.3f} (tp {tp}, fp {fp}, fn {fn})"
