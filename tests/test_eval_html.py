@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 import shutil
 import subprocess
@@ -267,14 +268,36 @@ def test_tolerates_missing_parts(tmp_path: Path) -> None:
 
 
 def test_markdown_table() -> None:
-    table = markdown_table(RESULTS).splitlines()
-    assert table[0] == "| task | n | accuracy | f1 | precision | rouge_l | bleu | iou |"
-    assert table[1] == "|---|---:|---:|---:|---:|---:|---:|---:|"
-    assert table[2].startswith("| overall | 3 | 0.667 [0.333, 1.000] |")
-    assert "| disease_single_choice | 2 | 0.500 [0.000, 1.000] |" in table[3]
-    assert table[5].startswith("| disease_open | 2 |  | 0.833 [0.667, 1.000] | 1.000 [1.000, 1.000] |")
-    assert table[-1] == "| grounding | 1 |  |  |  |  |  | 0.810 [0.810, 0.810] |"
-    assert len(table) == 2 + 1 + 5
+    # One table per task type (it was one table of every metric), n = the records of the task, and the
+    # overall count is every record (7), not the first metric's n (3).
+    assert markdown_table(RESULTS).splitlines() == [
+        "**closed** (3 records)",
+        "",
+        "| task | n | accuracy |",
+        "|---|---:|---:|",
+        "| disease_single_choice | 2 | 0.500 [0.000, 1.000] |",
+        "| disease_binary | 1 | 1.000 [1.000, 1.000] |",
+        "",
+        "**open** (2 records)",
+        "",
+        "| task | n | f1 | precision |",
+        "|---|---:|---:|---:|",
+        "| disease_open | 2 | 0.833 [0.667, 1.000] | 1.000 [1.000, 1.000] |",
+        "",
+        "**report** (1 record)",
+        "",
+        "| task | n | rouge_l | bleu |",
+        "|---|---:|---:|---:|",
+        "| report_findings | 1 | 0.410 [0.410, 0.410] | 0.120 [0.120, 0.120] |",
+        "",
+        "**grounding** (1 record)",
+        "",
+        "| task | n | iou |",
+        "|---|---:|---:|",
+        "| grounding | 1 | 0.810 [0.810, 0.810] |",
+        "",
+        "**overall**: 7 records",
+    ]
 
 
 def _chromium() -> str:
@@ -316,3 +339,260 @@ def test_renders_in_headless_chromium(tmp_path: Path, image_root: Path) -> None:
     dom = _headless(binary, tmp_path / "profile2", "--dump-dom", html_path.as_uri() + "#error=wrong")
     assert "1 of 7 shown" in dom.stdout, dom.stderr[-2000:]
     assert time.monotonic() - start < 60
+
+
+# ---------------------------------------------------------------------------------------------
+# Integrity: metrics is the one source of truth; tables per task type; counts; baselines; layout
+# ---------------------------------------------------------------------------------------------
+
+MULTI = ["A) Cardiomegaly", "B) Edema", "C) Mass", "D) Pneumothorax"]
+
+
+def _multi(prediction_final: str, n: int) -> dict[str, Any]:
+    candidates = [
+        ("Cardiomegaly", "Wide heart.", True),
+        ("Edema", "No haze.", False),
+        ("Mass", "Round.", True),
+    ]
+    solution = render_open("Observation: heart and lungs reviewed.", candidates, "Two findings.")
+    prediction = solution.rsplit("<answer>", 1)[0] + f"<answer>{prediction_final}</answer>"
+    return {
+        "id": f"phantom/s{n}/disease_multi_choice",
+        "task": "disease_multi_choice",
+        "task_type": "open",
+        "source": "phantom",
+        "question": "Which of the following findings are present? Select all that apply.\n"
+        + "\n".join(MULTI),
+        "options": MULTI,
+        "answer": "Cardiomegaly, Mass",
+        "solution": solution,
+        "prediction": prediction,
+        "images": [f"images/s{n}.png"],
+    }
+
+
+def realistic_rows() -> list[dict[str, Any]]:
+    """The rows of ``_rows`` and the cases the integrity fix is about, graded by ``metrics.per_record``."""
+    from cxmind.eval.metrics import per_record
+
+    base = [{k: v for k, v in row.items() if k != "per_record"} for row in _rows()]
+    truncated = base[0] | {
+        "id": "phantom/s1/truncated",
+        "prediction": render_closed(
+            [("A", "No.", False), ("B", "Wide heart.", True), ("C", "No rim.", False)], "x", "B"
+        ).rsplit("<think>", 1)[0]
+        + "<think>Then D.</think><answer>B) ❌</answer>",
+    }
+    one_round = base[0] | {
+        "id": "phantom/s2/one_round",
+        "prediction": "<think>Wide.</think><answer>B) ✅</answer>",
+    }
+    failed = base[0] | {
+        "id": "phantom/s4/failed",
+        "prediction": "",
+        "error": "image unreadable: truncated PNG",
+    }
+    report = base[5] | {
+        "id": "phantom/s0/report_impression_with_indication",
+        "task": "report_impression_with_indication",
+        "images": ["images/s0.png"],
+        "answer": "Cardiomegaly with small bilateral pleural effusions.",
+        "prediction": "Mild cardiomegaly. No pleural effusion. Possible edema.",
+    }
+    rows = [*base, truncated, one_round, failed, _multi("A, C", 2), _multi("A, B", 3), report]
+    for row in rows:
+        row["per_record"] = per_record(row)
+    return rows
+
+
+REALISTIC_ERRORS = [
+    *EXPECTED_ERRORS,
+    "wrong",  # final ❌: no answer (was "correct": the letter B was read despite the ❌)
+    "format",  # one round only fails the format metric (was "correct": well formed was enough)
+    "failed",  # generation failed (was "format")
+    "correct",  # "A, C" maps through the options to the gold list (was "wrong")
+    "wrong",
+    "ungraded",
+]
+
+
+def _realistic_results(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    from cxmind.eval.metrics import aggregate
+
+    baseline = {
+        "report_findings": "No acute cardiopulmonary abnormality.",
+        "report_impression_with_indication": "Normal.",
+    }
+    return {
+        "model": {"model": "phantom/cxmind-tiny"},
+        "config": {"split": "test"},
+        "n_records": len(rows),
+        "limited": False,
+        "metrics": aggregate(rows, n_bootstrap=50, baseline_report=baseline),
+    }
+
+
+@pytest.fixture(scope="module")
+def realistic(image_root: Path) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
+    rows = realistic_rows()
+    results = _realistic_results(rows)
+    return rows, results, render_html(results, rows, image_root_of=lambda row: image_root, thumbnail=128)
+
+
+def test_error_types_follow_the_metrics(realistic: tuple[list[dict[str, Any]], dict[str, Any], str]) -> None:
+    from cxmind.eval import html as H
+    from cxmind.eval.metrics import final_correct, format_score, round_verdicts
+
+    rows, _, page = realistic
+    assert [error_type(row) for row in rows] == REALISTIC_ERRORS
+    found = [re.search(r'data-error="([a-z]+)"', c).group(1) for c in _cards(page)]  # type: ignore[union-attr]
+    assert found == REALISTIC_ERRORS
+    for row, kind in zip(rows, REALISTIC_ERRORS, strict=True):
+        if row["task_type"] in ("closed", "open") and not row.get("error"):
+            assert (kind == "format") == (format_score(row["prediction"]) == 0.0)
+            if kind != "format":
+                assert (kind == "wrong") == (not final_correct(row))
+                assert (kind == "inconsistent") == (False in round_verdicts(row) and bool(final_correct(row)))
+    assert not hasattr(H, "_final_correct") and not hasattr(H, "_round_verdict")  # no second grader
+
+
+def test_one_metrics_table_per_task_type(realistic: tuple[list[dict[str, Any]], dict[str, Any], str]) -> None:
+    _, results, page = realistic
+    tables = dict(re.findall(r'<table class="metrics" data-type="([a-z]+)">(.*?)</table>', page, re.S))
+    assert list(tables) == ["closed", "open", "report", "grounding"]
+    heads = {t: re.findall(r"<th>(.*?)</th>", body.split("</thead>")[0]) for t, body in tables.items()}
+    assert heads["closed"][:3] == ["task", "n", "accuracy"] and "rouge_<wbr>l" not in heads["closed"]
+    assert heads["report"][2] == "rouge_<wbr>l" and "accuracy" not in heads["report"]
+    assert heads["grounding"][:3] == ["task", "n", "iou"]
+    for task_type, body in tables.items():
+        tasks = [t for t, tt in _task_of(results).items() if tt == task_type]
+        for task in tasks:
+            assert f"<td>{task}</td>" in body
+        assert len(heads[task_type]) <= 2 + 12  # no 26-column table
+
+
+def _task_of(results: dict[str, Any]) -> dict[str, str]:
+    from cxmind.data.schema import TASKS
+
+    return {task: TASKS[task] for task in results["metrics"]["by_task"]}
+
+
+def test_record_counts_are_the_real_numbers(
+    realistic: tuple[list[dict[str, Any]], dict[str, Any], str],
+) -> None:
+    rows, results, page = realistic
+    counts = results["metrics"]["n_records"]
+    assert counts["overall"] == len(rows) == 13
+    assert '<tr><td>overall</td><td class="num">13</td>' in page
+    assert '<tr><td>closed</td><td class="num">6</td>' in page and "closed — 6 records" in page
+    closed = re.search(r'data-type="closed">(.*?)</table>', page, re.S).group(1)  # type: ignore[union-attr]
+    assert '<tr><td>disease_single_choice</td><td class="num">5</td>' in closed
+    assert "**overall**: 13 records" in markdown_table(results)
+    # results without n_records (older files): the total of the results, not the first metric's n
+    assert '<tr><td>overall</td><td class="num">7</td>' in render_html(RESULTS, [])
+
+
+def test_chance_and_baselines_beside_the_model(
+    realistic: tuple[list[dict[str, Any]], dict[str, Any], str],
+) -> None:
+    _, results, page = realistic
+    base = results["metrics"]["baselines"]["by_task"]
+    assert (
+        base["disease_single_choice"]["accuracy"]["value"] == 0.25
+        and base["disease_binary"]["accuracy"]["value"] == 0.25
+    )
+    closed = re.search(r'data-type="closed">(.*?)</table>', page, re.S).group(1)  # type: ignore[union-attr]
+    assert '<tr class="base"><td>↳ chance</td><td class="num">5</td><td class="num">0.250</td>' in closed
+    report = re.search(r'data-type="report">(.*?)</table>', page, re.S).group(1)  # type: ignore[union-attr]
+    assert report.count("↳ constant report") == 3  # two tasks and all report records
+    assert "↳ most frequent answer (Cardiomegaly, Mass)" in page
+    table = markdown_table(results)
+    assert "| ↳ chance | 5 | 0.250 |" in table
+    assert "| ↳ constant report | 1 |" in table
+    assert "No acute cardiopulmonary abnormality." in page  # the constant report itself
+    assert 'stroke-dasharray="3 2"><title>chance: 0.250</title>' in page  # chance marked on the chart
+
+
+def test_cards_show_ce_labels_and_the_final_list_diff(
+    realistic: tuple[list[dict[str, Any]], dict[str, Any], str],
+) -> None:
+    _, _, page = realistic
+    cards = page.split('<article class="card"')[1:]
+    report = next(c for c in cards if "report_impression_with_indication" in c)
+    labels = report.split("CheXpert labels")[1]
+    prediction, reference = labels.split("<dt>reference</dt>")
+    assert '<span class="chip c-hit">Cardiomegaly</span>' in prediction  # found in both
+    assert "Pleural Effusion" not in prediction  # negated in the prediction
+    assert '<span class="chip c-miss">Pleural Effusion</span>' in reference
+    wrong_multi = next(c for c in cards if 'data-task="disease_multi_choice" data-error="wrong"' in c)
+    diff = wrong_multi.split("Final list vs gold")[1]
+    assert '<dt>matched</dt><dd><span class="chip c-hit">Cardiomegaly</span>' in diff
+    assert '<dt>missing</dt><dd><span class="chip c-miss">Mass</span>' in diff
+    assert '<dt>extra</dt><dd><span class="chip c-extra">Edema</span>' in diff
+    failed = next(c for c in cards if 'data-error="failed"' in c)
+    assert "generation failed: image unreadable: truncated PNG" in failed
+
+
+def test_charts_scale_with_the_page(realistic: tuple[list[dict[str, Any]], dict[str, Any], str]) -> None:
+    _, _, page = realistic
+    svgs = re.findall(r"<svg [^>]*>", page)
+    assert svgs and all("viewBox=" in s and " width=" not in s and " height=" not in s for s in svgs)
+    assert ".chart svg{display:block;width:100%;height:auto}" in page
+    assert "report_impression_with_indication</text>" in page  # full labels, not cut at 26 characters
+
+
+def _probe_page(page: str, tmp_path: Path) -> Path:
+    """The page with a measuring script (allowed by its hash in the page's own CSP)."""
+    import base64
+    import hashlib
+
+    probe = (
+        "(function(){var d=document.documentElement,bad=[];"
+        "document.querySelectorAll('svg').forEach(function(s){var w=s.viewBox.baseVal.width;"
+        "s.querySelectorAll('text').forEach(function(t){var b=t.getBBox();"
+        "if(b.x<-0.5||b.x+b.width>w+0.5)bad.push(t.textContent);});});"
+        "var m=JSON.stringify({scrollWidth:d.scrollWidth,clientWidth:d.clientWidth,clipped:bad});"
+        "var p=document.createElement('pre');p.id='probe';p.textContent=m;document.body.appendChild(p);"
+        "if(parent!==window)parent.postMessage(m,'*');})();"
+    )
+    digest = base64.b64encode(hashlib.sha256(probe.encode()).digest()).decode()
+    assert page.count("script-src &#x27;sha256-") == 1
+    page = page.replace("script-src &#x27;sha256-", f"script-src &#x27;sha256-{digest}&#x27; &#x27;sha256-")
+    path = tmp_path / "measured.html"
+    path.write_text(page.replace("</body>", f"<script>{probe}</script></body>"), encoding="utf-8")
+    return path
+
+
+def test_page_fits_desktop_and_phone_widths_in_headless_chromium(
+    tmp_path: Path, realistic: tuple[list[dict[str, Any]], dict[str, Any], str]
+) -> None:
+    import json
+
+    binary = _chromium()
+    _, _, page = realistic
+    measured = _probe_page(page, tmp_path)
+    # Headless Chromium keeps its window at least 500 px wide: the phone is a 420 px frame around the page.
+    phone = tmp_path / "phone.html"
+    phone.write_text(
+        '<!DOCTYPE html><html><body style="margin:0"><iframe src="measured.html" '
+        'style="width:420px;height:4000px;border:0;display:block"></iframe><script>'
+        "addEventListener('message',function(e){var p=document.createElement('pre');p.id='probe';"
+        "p.textContent=e.data;document.body.appendChild(p);});</script></body></html>",
+        encoding="utf-8",
+    )
+    for name, width, url in (("desktop", 1280, measured), ("phone", 500, phone)):
+        flags = (f"--window-size={width},4000", "--hide-scrollbars", "--virtual-time-budget=5000")
+        dom = _headless(binary, tmp_path / f"profile-{name}", *flags, "--dump-dom", url.as_uri())
+        match = re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout)
+        assert match, dom.stderr[-2000:]
+        probe = json.loads(html.unescape(match.group(1)))
+        expected = 1280 if name == "desktop" else 420
+        assert probe["clientWidth"] == expected, probe
+        assert probe["scrollWidth"] <= expected, probe  # nothing wider than the screen
+        assert probe["clipped"] == [], probe  # every chart label inside its drawing
+        shot = tmp_path / f"report_{name}.png"
+        _headless(binary, tmp_path / f"shot-{name}", *flags, f"--screenshot={shot}", url.as_uri())
+        with Image.open(shot) as image:
+            strip = image.convert("RGB").crop((0, 0, expected, 1500))
+            colors = strip.getcolors(maxcolors=1 << 20)
+        assert colors is not None and len(colors) > 50  # text, tables and radiographs, not a blank page

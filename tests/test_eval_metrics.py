@@ -163,7 +163,8 @@ def final(answer: str) -> str:
         (final("Pleural_Effusion; Cardiomegaly."), "Pleural Effusion, Cardiomegaly", (1.0, 1.0, 1.0)),
         (final("No Finding"), "No Finding", (1.0, 1.0, 1.0)),
         (final("normal"), "No Finding", (1.0, 1.0, 1.0)),
-        (rounds(("look", "x"), ("s", "")), "No Finding", (1.0, 1.0, 1.0)),
+        # An empty final answer is no answer, not "No Finding" (it scored 1 before the integrity fix).
+        (rounds(("look", "x"), ("s", "")), "No Finding", (0.0, 0.0, 0.0)),
         (final("No Finding, Edema"), "No Finding", (1 / 2, 1.0, 2 / 3)),
         (final("No Finding"), "Edema", (0.0, 0.0, 0.0)),
         (final("Edema"), "No Finding", (0.0, 0.0, 0.0)),
@@ -198,11 +199,13 @@ def test_per_finding_recall() -> None:
     ]
     assert per_finding_recall(rows) == {
         "Edema": {"recall": 1.0, "n": 1},
-        "No Finding": {"recall": 0.5, "n": 2},
+        "No Finding": {"recall": 0.0, "n": 2},  # an empty answer no longer recalls "No Finding"
         "Pleural Effusion": {"recall": 0.5, "n": 2},
     }
     with_ci = per_finding_recall(rows, n_bootstrap=50)
-    assert with_ci["Edema"]["ci"] == [1.0, 1.0]
+    # one of one recalled: a Wilson interval, no longer the zero-width bootstrap [1, 1]
+    assert with_ci["Edema"]["ci"] == pytest.approx([0.20654931437723745, 1.0])
+    assert with_ci["Edema"]["ci_method"] == "wilson"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,11 +400,12 @@ CE_REFERENCE = ["cardiomegaly and effusion", "edema", "normal", "no pneumothorax
 
 @pytest.mark.usefixtures("stub_labeler")
 def test_clinical_efficacy_micro_and_per_finding() -> None:
-    # TP: Cardiomegaly (1), Edema (2). FP: Pleural Effusion (2). FN: Pleural Effusion (1), No Finding (3).
+    # TP: Cardiomegaly (1), Edema (2). FP: Pleural Effusion (2). FN: Pleural Effusion (1); the missed
+    # No Finding (3) is left out of the headline micro average (it counted before: recall 1/2, F1 4/7).
     m = report_metrics(CE_GENERATED, CE_REFERENCE)
     assert m["ce_precision"] == pytest.approx(2 / 3)
-    assert m["ce_recall"] == pytest.approx(1 / 2)
-    assert m["ce_f1"] == pytest.approx(4 / 7)
+    assert m["ce_recall"] == pytest.approx(2 / 3)
+    assert m["ce_f1"] == pytest.approx(2 / 3)
     per = m["ce_per_finding"]
     assert per["Cardiomegaly"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "n": 1, "n_predicted": 1}
     assert per["Pleural Effusion"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "n": 1, "n_predicted": 1}
@@ -542,7 +546,17 @@ def mixed_rows() -> list[dict[str, Any]]:
 def test_aggregate_structure_values_and_json() -> None:
     rows = mixed_rows()
     result = aggregate(rows, n_bootstrap=100, seed=0)
-    assert set(result) == {"overall", "by_task", "by_source", "per_finding_recall", "ce_per_finding", "notes"}
+    assert set(result) == {
+        "overall",
+        "by_type",
+        "by_task",
+        "by_source",
+        "n_records",
+        "baselines",
+        "per_finding_recall",
+        "ce_per_finding",
+        "notes",
+    }
     assert_plain_json(result)
     json.dumps(result, allow_nan=False)
 
@@ -605,3 +619,366 @@ def test_unknown_task_type_is_an_error() -> None:
         ]
         == 1.0
     )  # task_type inferred from the task table
+
+
+# ---------------------------------------------------------------------------------------------
+# Integrity: empty output, failed rows, final ❌, multi-choice letters, modifiers, CE, baselines, CIs
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "prediction",
+    ["", "\n\n\n", "   ", rounds(("look", "x"), ("s", "")), rounds(("look", "x"), ("s", "[ ]"))],
+    ids=["empty", "newlines", "spaces", "empty-final-round", "empty-list"],
+)
+def test_empty_open_output_is_an_empty_prediction_not_no_finding(prediction: str) -> None:
+    m = per_record(open_row(prediction, "No Finding"))
+    assert (m["precision"], m["recall"], m["f1"]) == (0.0, 0.0, 0.0)
+    assert M.final_findings(open_row(prediction, "No Finding")) == []
+
+
+@pytest.mark.parametrize("said", ["No Finding", "normal", "No findings", "unremarkable"])
+def test_only_an_explicit_no_finding_earns_credit(said: str) -> None:
+    m = per_record(open_row(final(said), "No Finding"))
+    assert (m["precision"], m["recall"], m["f1"]) == (1.0, 1.0, 1.0)
+
+
+def test_a_model_that_emits_only_newlines_scores_zero_open_f1() -> None:
+    answers = ["No Finding"] * 6 + ["Cardiomegaly", "Pleural Effusion, Edema"]
+    rows = [open_row("\n" * (k + 1), a, id=f"o{k}") for k, a in enumerate(answers)]
+    rows.append(open_row(final("zzz"), "No Finding", id="unreadable"))
+    result = aggregate(rows, n_bootstrap=0)
+    assert result["by_task"]["disease_open"]["f1"]["value"] == 0.0  # 2/3 before: empty read as No Finding
+    assert result["per_finding_recall"]["overall"]["No Finding"]["recall"] == 0.0
+    assert any("9 of 9 predictions name no known finding" in note for note in result["notes"])
+
+
+def test_failed_rows_score_as_wrong_whatever_their_text() -> None:
+    error = {"error": "image missing: unreadable"}
+    assert per_record(closed_row("", **error))["accuracy"] == 0.0
+    assert per_record(closed_row(CLOSED_GOLD, **error))["accuracy"] == 0.0  # stale text is not graded
+    assert per_record(open_row("", "No Finding", **error))["f1"] == 0.0
+    assert per_record(open_row(final("No Finding"), "No Finding", **error))["f1"] == 0.0
+    report = {"task_type": "report", "answer": "Clear.", "prediction": "Clear.", **error}
+    assert per_record(report)["rouge_l"] == 0.0
+    assert M.final_correct(closed_row(CLOSED_GOLD, **error)) is False
+    result = aggregate([closed_row("", **error), open_row("", "No Finding", **error)], n_bootstrap=0)
+    assert result["overall"]["accuracy"]["value"] == 0.0 and result["overall"]["f1"]["value"] == 0.0
+    assert any("2 of 2 rows failed to generate" in note for note in result["notes"])
+
+
+def test_closed_final_reject_names_no_answer() -> None:
+    truncated = rounds(("a", "A) ❌"), ("c", "C) ✅"), ("d", "D) ❌"))
+    assert per_record(closed_row(truncated, answer="D"))["accuracy"] == 0.0  # 1 before
+    assert M.predicted_letter(truncated, "ABCD") is None
+    assert per_record(closed_row("D) ❌", answer="D"))["accuracy"] == 0.0  # plain text too
+
+
+@pytest.mark.parametrize(
+    "answer", ["C）✅", "C✅", "[C] ✅", "**C** ✅", "A large heart; C) ✅", "Answer: C"]
+)
+def test_closed_final_round_uses_the_v2_letter_reader(answer: str) -> None:
+    assert per_record(closed_row(rounds(("a", "A) ❌"), ("s", answer)), answer="C"))["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("text", "letter"),
+    [
+        ("The answer is B.", "B"),
+        ("Answer: (b)", "B"),
+        ("C✅", "C"),
+        ("C）✅", "C"),
+        ("**C**", "C"),
+        ("[C] Mass", "C"),
+        ("B ✅", "B"),
+        ("B. Edema", "B"),
+        ("B", "B"),
+        ("A chest film with edema", None),
+        ("A mass is seen", None),
+        ("Atelectasis.", None),
+        ("D) ❌", None),
+        ("", None),
+    ],
+)
+def test_plain_text_fallback_reads_letters_like_a_round(text: str, letter: str | None) -> None:
+    assert M.predicted_letter(text, "ABCD") == letter
+
+
+MULTI = ["A) Cardiomegaly", "B) Edema", "C) Mass", "D) Pneumothorax"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "prf"),
+    [
+        ("A, C", (1.0, 1.0, 1.0)),
+        ("A) Cardiomegaly, C) Mass", (1.0, 1.0, 1.0)),
+        ("(a); (c)", (1.0, 1.0, 1.0)),
+        ("Cardiomegaly, C", (1.0, 1.0, 1.0)),
+        ("A", (1.0, 0.5, 2 / 3)),
+        ("A, B", (0.5, 0.5, 0.5)),
+    ],
+)
+def test_multi_choice_letters_map_through_the_options(answer: str, prf: tuple[float, float, float]) -> None:
+    row = open_row(final(answer), "Cardiomegaly, Mass", task="disease_multi_choice", options=MULTI)
+    m = per_record(row)
+    assert (m["precision"], m["recall"], m["f1"]) == pytest.approx(prf)
+    assert m["reward_outcome"] == score(row["prediction"], row["solution"], "open", options=MULTI).outcome
+    assert per_finding_recall([row])["Cardiomegaly"]["recall"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("answer", "gold"),
+    [
+        ("left pleural effusion, mild cardiomegaly", "Pleural Effusion, Cardiomegaly"),
+        ("Atelectasis (left lower lobe)", "Atelectasis"),
+        ("small bilateral pleural effusions", "Pleural Effusion"),
+    ],
+)
+def test_findings_with_modifiers_count_as_the_finding(answer: str, gold: str) -> None:
+    m = per_record(open_row(final(answer), gold))
+    assert (m["precision"], m["recall"], m["f1"]) == (1.0, 1.0, 1.0)
+
+
+def test_open_row_without_a_gold_list_is_an_error() -> None:
+    with pytest.raises(ValueError, match="empty gold list"):
+        per_record(open_row(final("Edema"), ""))
+
+
+def test_round_verdicts_final_correct_and_format_score_are_the_metrics_rules() -> None:
+    wrong = rounds(("a", "A) ✅"), ("b", "B) ❌"), ("c", "C) ❌"), ("s", "A) ✅"))
+    assert M.round_verdicts(closed_row(wrong)) == [False, False, True, False]
+    assert M.round_verdicts(closed_row(CLOSED_GOLD)) == [True, True, True, True]
+    assert M.round_verdicts(closed_row(rounds(("a", "no letter ❌"), ("b", "B)")))) == [None, None]
+    assert M.final_correct(closed_row(CLOSED_GOLD)) is True and M.final_correct(closed_row(wrong)) is False
+    # the row's own per_record grades win, as in aggregate
+    assert M.final_correct(closed_row(wrong, per_record={"accuracy": 1.0})) is True
+    row = open_row("", "Pleural Effusion, Edema")
+    row["prediction"] = row["solution"]
+    assert M.final_correct(row) is True and M.round_verdicts(row)[1:3] == [True, True]
+    assert M.final_correct({"task_type": "report", "answer": "x", "prediction": "x"}) is None
+    assert M.final_correct(grounding_row(boxes_json([0, 0, 10, 10]), [[0, 0, 10, 10]])) is True
+    one = rounds(("s", "B) ✅"))
+    assert M.format_score(one) == 0.0 and per_record(closed_row(one))["format"] == 0.0
+    assert M.format_score(CLOSED_GOLD) == 1.0
+
+
+def test_chance_accuracy_per_group() -> None:
+    rows = [
+        closed_row(CLOSED_GOLD, id="c1"),  # 3 options
+        closed_row("A", id="c2", task="disease_binary", options=["A) Yes", "B) No"], answer="A"),
+    ]
+    assert M.chance_accuracy(rows) == pytest.approx((1 / 3 + 1 / 2) / 2)
+    base = aggregate(rows, n_bootstrap=0)["baselines"]
+    assert base["by_task"]["disease_single_choice"]["accuracy"] == {
+        "value": pytest.approx(1 / 3),
+        "ci": None,
+        "n": 1,
+        "kind": "chance",
+    }
+    assert base["by_task"]["disease_binary"]["accuracy"]["value"] == 0.5
+    assert base["by_type"]["closed"]["accuracy"]["value"] == pytest.approx(5 / 12)
+    assert base["overall"]["accuracy"]["n"] == 2
+
+
+def test_open_majority_answer_baseline() -> None:
+    rows = [
+        open_row(final("Edema"), "No Finding", id="o1"),
+        open_row(final("Edema"), "No Finding", id="o2"),
+        open_row(final("Edema"), "Edema, Mass", id="o3"),
+    ]
+    base = aggregate(rows, n_bootstrap=0)["baselines"]["by_task"]["disease_open"]
+    assert base["f1"] == {
+        "value": pytest.approx(2 / 3),
+        "ci": None,
+        "n": 3,
+        "kind": "majority_answer",
+        "answer": "No Finding",
+    }
+    assert base["precision"]["value"] == pytest.approx(2 / 3)
+
+
+def test_most_frequent_report_and_baseline_reports() -> None:
+    records = [
+        {"task": "report_impression", "answer": "No acute disease."},
+        {"task": "report_impression", "answer": "  No acute\ndisease. "},
+        {"task": "report_impression", "answer": "Cardiomegaly."},
+        {"task": "report_findings", "answer": "Clear lungs."},
+        {"task": "report_findings", "answer": "Aa."},  # a tie: the alphabetically first wins
+        {"task": "disease_open", "answer": "Edema"},
+        {"task": "disease_open", "answer": "Edema"},
+        {"task": "report_findings", "answer": ""},
+    ]
+    assert M.most_frequent_report(records) == "No acute disease."
+    assert M.baseline_reports(records) == {"report_findings": "Aa.", "report_impression": "No acute disease."}
+    assert M.most_frequent_report([{"task": "disease_open", "answer": "Edema"}]) is None
+
+
+@pytest.mark.usefixtures("stub_labeler")
+def test_clinical_efficacy_headline_leaves_out_no_finding() -> None:
+    # A constant report that names nothing: the labeler says "No Finding", which matched every normal
+    # reference and earned CE F1 > 0 before.
+    references = ["normal", "normal", "normal", "cardiomegaly"]
+    m = report_metrics(["zzz normal"] * 4, references)
+    assert (m["ce_precision"], m["ce_recall"], m["ce_f1"]) == (0.0, 0.0, 0.0)
+    assert m["ce_per_finding"]["No Finding"]["f1"] == pytest.approx(6 / 7)  # still reported per finding
+    assert tuple(n for n in M.CHEXPERT_14 if n != "No Finding") == M.CE_FINDINGS and len(M.CE_FINDINGS) == 13
+    # a blank generated report asserts nothing, not "No Finding"
+    assert report_metrics([""], ["normal"])["ce_per_finding"]["No Finding"]["n_predicted"] == 0
+
+
+@pytest.mark.usefixtures("stub_labeler")
+@pytest.mark.parametrize("per_task", [False, True])
+def test_constant_report_baseline_equals_the_metrics_of_constant_predictions(per_task: bool) -> None:
+    rows = mixed_rows()
+    text = "Cardiomegaly and edema."
+    given: Any = {"report_findings": text, "report_impression": text} if per_task else text
+    result = aggregate(rows, n_bootstrap=50, seed=1, baseline_report=given)
+    constant = [r | {"prediction": text} if r["task_type"] == "report" else r for r in rows]
+    expected = aggregate(constant, n_bootstrap=50, seed=1)
+    names = [*M.BLEU_WEIGHTS, "rouge_l", *M.CE_METRICS]
+    for group in ("report_findings", "report_impression"):
+        base = result["baselines"]["by_task"][group]
+        for name in names:
+            assert base[name] == expected["by_task"][group][name] | {"kind": "constant_report"}, (group, name)
+    assert (
+        result["baselines"]["by_type"]["report"]["ce_f1"]["value"]
+        == expected["by_type"]["report"]["ce_f1"]["value"]
+    )
+    assert result["baselines"]["constant_report"] == {"report_findings": text, "report_impression": text}
+    # the model's own numbers are unchanged by asking for a baseline
+    plain = aggregate(rows, n_bootstrap=50, seed=1)
+    assert result["by_task"] == plain["by_task"] and result["overall"] == plain["overall"]
+    assert_plain_json(result)
+
+
+@pytest.mark.usefixtures("stub_labeler")
+def test_report_baseline_for_some_tasks_only_says_so() -> None:
+    result = aggregate(mixed_rows(), n_bootstrap=0, baseline_report={"report_findings": "normal"})
+    assert "bleu_1" in result["baselines"]["by_task"]["report_findings"]
+    assert "bleu_1" not in result["baselines"]["by_task"]["report_impression"]
+    assert any("report baseline not computed for report_impression" in n for n in result["notes"])
+
+
+def test_n_records_and_by_type_count_every_record() -> None:
+    rows = mixed_rows()
+    result = aggregate(rows, n_bootstrap=0)
+    counts = result["n_records"]
+    assert counts["overall"] == len(rows) == 12
+    assert counts["by_type"] == {"closed": 3, "open": 2, "report": 5, "grounding": 2}
+    assert counts["by_task"]["disease_single_choice"] == 3 and counts["by_task"]["report_impression"] == 3
+    assert counts["by_source"]["chexpert"] == {"disease_single_choice": 1}
+    assert result["by_type"]["closed"]["accuracy"] == result["overall"]["accuracy"]
+    assert result["by_type"]["open"]["format"]["n"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Intervals: Wilson for proportions
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("k", "n"), [(3, 3), (0, 10), (5, 10), (81, 263), (1, 1)])
+def test_wilson_ci_is_the_score_interval(k: int, n: int) -> None:
+    # The Wilson interval holds the p whose score test does not reject: (k/n - p)^2 = z^2 p (1 - p) / n.
+    z = 1.959963984540054
+    p_hat = k / n
+    roots = sorted(np.roots([1 + z * z / n, -(2 * p_hat + z * z / n), p_hat * p_hat]).real)
+    assert M.wilson_ci(k, n) == (
+        pytest.approx(max(0.0, roots[0]), abs=1e-12),
+        pytest.approx(roots[1], abs=1e-12),
+    )
+    assert M.wilson_ci(3, 3)[0] == pytest.approx(3 / (3 + z * z))  # all successes: lo = n / (n + z^2)
+    with pytest.raises(ValueError):
+        M.wilson_ci(0, 0)
+
+
+def test_small_all_correct_group_gets_a_non_zero_width_interval() -> None:
+    rows = [closed_row(CLOSED_GOLD, id=f"c{k}") for k in range(3)]
+    result = aggregate(rows, n_bootstrap=200)
+    accuracy = result["by_task"]["disease_single_choice"]["accuracy"]
+    assert accuracy["value"] == 1.0 and accuracy["ci_method"] == "wilson"
+    assert accuracy["ci"] == [pytest.approx(3 / (3 + 1.959963984540054**2)), 1.0]  # [1, 1] before
+    assert result["by_task"]["disease_single_choice"]["format"]["ci_method"] == "wilson"
+    assert result["by_task"]["disease_single_choice"]["tokens"]["ci_method"] == "bootstrap"  # a count
+    assert "Wilson score interval" in " ".join(result["notes"])
+
+
+@pytest.mark.usefixtures("stub_labeler")
+def test_ci_method_of_every_entry() -> None:
+    result = aggregate(mixed_rows(), n_bootstrap=50)
+    for group in (result["overall"], *result["by_task"].values()):
+        for name, entry in group.items():
+            assert entry["ci_method"] in ("wilson", "bootstrap"), name
+    report = result["by_task"]["report_findings"]
+    assert report["rouge_l"]["ci_method"] == "bootstrap" and report["bleu_1"]["ci_method"] == "bootstrap"
+    assert report["ce_f1"]["ci_method"] == "bootstrap"
+    open_ = result["by_task"]["disease_open"]
+    assert open_["f1"]["ci_method"] == "bootstrap"  # 2/3 and 1: not a proportion
+    assert result["by_task"]["grounding"]["acc@0.5"]["ci_method"] == "wilson"
+
+
+def test_similarity_scores_of_zero_are_not_proportions() -> None:
+    rows = [
+        {
+            "id": f"r{k}",
+            "task": "report_findings",
+            "task_type": "report",
+            "answer": "Clear lungs.",
+            "prediction": "",
+        }
+        for k in range(3)
+    ]
+    entry = aggregate(rows, n_bootstrap=20)["by_task"]["report_findings"]["rouge_l"]
+    assert entry["value"] == 0.0 and entry["ci_method"] == "bootstrap"  # a ROUGE of 0 is not a failure count
+
+
+# ---------------------------------------------------------------------------------------------
+# Clinical efficacy on real reports (IU X-ray, shipped by torchxrayvision)
+# ---------------------------------------------------------------------------------------------
+
+_IU_ABSTRACT = r'<AbstractText Label="(?:FINDINGS|IMPRESSION)">(.*?)</AbstractText>'
+
+
+def _iu_reports() -> list[str]:
+    """Whole IU X-ray reports (findings and impression joined), as in tests/test_labeler.py."""
+    import re
+    import tarfile
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    spec = find_spec("torchxrayvision")  # located, not imported (its import takes seconds)
+    if spec is None or spec.origin is None:
+        pytest.skip("torchxrayvision (the IU X-ray report collection) is not installed")
+    archive = Path(spec.origin).parent / "data" / "NLMCXR_reports.tgz"
+    reports: list[str] = []
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            if member.name.endswith(".xml"):
+                xml = tar.extractfile(member).read().decode("utf-8", "replace")  # type: ignore[union-attr]
+                parts = [t.strip() for t in re.findall(_IU_ABSTRACT, xml, re.S) if t.strip()]
+                if parts:
+                    reports.append(" ".join(parts))
+    return reports
+
+
+def test_constant_reports_get_no_clinical_efficacy_on_real_reports() -> None:
+    reports = _iu_reports()
+    assert len(reports) > 3500
+    rows = [
+        {"id": f"iu/{k}", "task": "report_findings", "task_type": "report", "source": "iu", "answer": r}
+        for k, r in enumerate(reports)
+    ]
+    frequent = M.most_frequent_report(rows)
+    assert frequent is not None and "No active disease" in frequent
+    result = aggregate([r | {"prediction": "zzz"} for r in rows], n_bootstrap=0, baseline_report=frequent)
+    # "zzz" scored CE F1 0.56 when the labeler's "No Finding" counted (most IU studies are normal).
+    zzz = result["by_task"]["report_findings"]
+    assert zzz["ce_f1"]["value"] == 0.0 and zzz["ce_recall"]["value"] == 0.0
+    # The most frequent report, as a constant baseline: some n-gram overlap, still no clinical efficacy.
+    base = result["baselines"]["by_task"]["report_findings"]
+    assert (
+        base["ce_f1"]["value"] < 0.05 and base["rouge_l"]["value"] > 0.15 and base["bleu_1"]["value"] > 0.15
+    )
+    assert base["ce_f1"]["n"] == len(reports) and base["ce_f1"]["kind"] == "constant_report"
+    # ... while copying the reference is perfect, so the metric can still tell reports apart.
+    copied = aggregate([r | {"prediction": r["answer"]} for r in rows[:500]], n_bootstrap=0)
+    assert copied["by_task"]["report_findings"]["ce_f1"]["value"] == 1.0

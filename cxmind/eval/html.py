@@ -1,11 +1,15 @@
-"""A self-contained HTML reasoning report and a Markdown metrics table for ``cxmind eval``.
+"""A self-contained HTML reasoning report and Markdown metrics tables for ``cxmind eval``.
 
 The HTML page is one file with no external resources: inline CSS, a small vanilla-JS filter and
-images embedded as base64 thumbnails. It shows the model identity and configuration, per-task metrics
-with 95% confidence intervals, SVG bar charts of each task's headline metric, and one card per
-prediction row with the model's reasoning split into rounds, each verdict checked against the gold
-answer. Model output is untrusted: every text is HTML-escaped, and a Content-Security-Policy allows
-only the page's own script (by hash), inline styles and ``data:`` images.
+images embedded as base64 thumbnails. It shows the model identity and configuration, the number of
+records per group, one metrics table per task type (95% confidence intervals, baselines beside the
+model's numbers), responsive SVG bar charts of each task's headline metric with its chance or
+baseline level, and one card per prediction row: the reasoning split into rounds with each verdict
+checked against gold, the missing/extra findings of open answers and the CheXpert labels of both
+reports of report rows. Correctness, verdicts and the format rule all come from
+:mod:`cxmind.eval.metrics`, the one source of truth. Model output is untrusted: every text is
+HTML-escaped, and a Content-Security-Policy allows only the page's own script (by hash), inline
+styles and ``data:`` images.
 """
 
 from __future__ import annotations
@@ -20,8 +24,19 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cxmind.format import ACCEPT, REJECT, Parsed, Round, findings_in, mark_of, option_letter, parse
-from cxmind.format import option_letters as _option_letters
+from cxmind.eval.metrics import (
+    CE_FINDINGS,
+    answer_text,
+    final_correct,
+    final_findings,
+    format_score,
+    gold_findings,
+    gold_letter,
+    prediction_text,
+    report_labels,
+    round_verdicts,
+)
+from cxmind.format import ACCEPT, REJECT, Round, option_texts, parse
 
 __all__ = [
     "ERROR_TYPES",
@@ -39,6 +54,7 @@ ERROR_TYPES: dict[str, str] = {
     "wrong": "wrong answer",
     "format": "format error",
     "inconsistent": "inconsistent verdict",
+    "failed": "generation failed",
     "ungraded": "not graded (report)",
 }
 
@@ -50,13 +66,19 @@ HEADLINE_METRICS: dict[str, tuple[str, ...]] = {
     "grounding": ("iou", "miou", "acc@0.5"),
 }
 
+#: Names of the baselines of ``metrics.baselines`` (by their ``kind``).
+BASELINE_KINDS: dict[str, str] = {
+    "chance": "chance",
+    "majority_answer": "most frequent answer",
+    "constant_report": "constant report",
+}
+
 NOT_FOR_CLINICAL_USE = (
     "Research use only — not for clinical use. These are outputs of a machine-learning model under "
     "evaluation; they may be wrong and must not inform the care of any patient."
 )
 
-_IOU_CORRECT = 0.5  # a grounding box counts as correct at IoU >= 0.5 (the usual detection threshold)
-_GRADE_KEYS = ("accuracy", "exact_match", "f1")
+_TYPE_ORDER = ("closed", "open", "report", "grounding")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,84 +163,132 @@ def headline_metric(task_type: str | None, metrics: Mapping[str, Any]) -> str | 
     return None
 
 
-# ---------------------------------------------------------------------------------------------
-# Grading one row
-# ---------------------------------------------------------------------------------------------
-
-
-def _gold_findings(answer: str) -> set[str]:
-    return set(findings_in(answer))
-
-
-def _round_verdict(rnd: Round, row: Mapping[str, Any], letters: tuple[str, ...] | None) -> bool | None:
-    """Whether a round's ✅/❌ agrees with gold; ``None`` when the round has no single judged item."""
-    mark = mark_of(rnd.answer)
-    if mark is None:
-        return None
-    gold = str(row.get("answer") or "")
-    if row.get("task_type") == "closed":
-        letter = option_letter(rnd.answer, letters)
-        if letter is None:
-            return None
-        return (mark == ACCEPT) == (letter == gold.strip().upper()[:1])
-    if row.get("task_type") == "open":
-        found = findings_in(rnd.answer)
-        if len(found) != 1:
-            return None
-        return (mark == ACCEPT) == (found[0] in _gold_findings(gold))
-    return None
-
-
-def _letters(row: Mapping[str, Any]) -> tuple[str, ...] | None:
+def _safe(fn: Callable[[Mapping[str, Any]], Any], row: Mapping[str, Any]) -> Any:
+    """``fn(row)``, or ``None`` when the row cannot be graded (a report must never fail on one row)."""
     try:
-        return _option_letters(row.get("options"))
-    except (ValueError, TypeError):
+        return fn(row)
+    except (ValueError, TypeError, KeyError):
         return None
 
 
-def _final_correct(row: Mapping[str, Any], parsed: Parsed) -> bool:
-    """Whether the final answer is right: the row's per-record grade if it has one, else from the rounds."""
-    per_record = _dict(row.get("per_record"))
-    for key in _GRADE_KEYS:
-        value = _number(per_record.get(key))
-        if value is not None:
-            return value >= 1 - 1e-9
-    if not parsed.rounds:
-        return False
-    final = parsed.rounds[-1].answer
-    gold = str(row.get("answer") or "")
-    if row.get("task_type") == "closed":
-        return option_letter(final, _letters(row)) == gold.strip().upper()[:1]
-    return set(findings_in(final)) == _gold_findings(gold)
+# ---------------------------------------------------------------------------------------------
+# Groups: tasks by type, record counts, baselines
+# ---------------------------------------------------------------------------------------------
+
+
+class _Groups:
+    """The metric groups of a results dict, with their task types, record counts and baselines."""
+
+    def __init__(self, results: Mapping[str, Any], types: Mapping[str, str]) -> None:
+        metrics = _dict(results.get("metrics"))
+        self.overall = _dict(metrics.get("overall"))
+        self.by_task = {str(t): _dict(m) for t, m in _dict(metrics.get("by_task")).items()}
+        self.by_type = {str(t): _dict(m) for t, m in _dict(metrics.get("by_type")).items()}
+        self.by_source = {str(s): _dict(t) for s, t in _dict(metrics.get("by_source")).items()}
+        self.counts = _dict(metrics.get("n_records"))
+        baselines = _dict(metrics.get("baselines"))
+        self.base_task = {str(t): _dict(b) for t, b in _dict(baselines.get("by_task")).items()}
+        self.base_type = {str(t): _dict(b) for t, b in _dict(baselines.get("by_type")).items()}
+        self.constant_report = _dict(baselines.get("constant_report"))
+        self.notes = metrics.get("notes") or results.get("notes")
+        self.types = {task: types.get(task) or "other" for task in self.by_task}
+        total = self.counts.get("overall", results.get("n_records"))
+        self.total = int(total) if _number(total) is not None else None
+
+    def tasks_of(self, task_type: str) -> list[str]:
+        return [task for task, t in self.types.items() if t == task_type]
+
+    def type_order(self) -> list[str]:
+        present = set(self.types.values())
+        return [t for t in _TYPE_ORDER if t in present] + sorted(present - set(_TYPE_ORDER))
+
+    def n_task(self, task: str) -> int | None:
+        """Records of a task: ``n_records`` when recorded, else the largest n among its metrics."""
+        n = _number(_dict(self.counts.get("by_task")).get(task))
+        return int(n) if n is not None else _largest_n(self.by_task.get(task, {}))
+
+    def n_type(self, task_type: str) -> int | None:
+        n = _number(_dict(self.counts.get("by_type")).get(task_type))
+        if n is not None:
+            return int(n)
+        counts = [self.n_task(t) for t in self.tasks_of(task_type)]
+        return sum(c for c in counts if c is not None) if any(c is not None for c in counts) else None
+
+    def n_source(self, source: str, task: str) -> int | None:
+        n = _number(_dict(_dict(self.counts.get("by_source")).get(source)).get(task))
+        return int(n) if n is not None else _largest_n(_dict(self.by_source.get(source, {}).get(task)))
+
+    def columns(self, task_type: str) -> list[str]:
+        """The metric columns of a type's table: the headline first, then the others in order."""
+        tasks = self.tasks_of(task_type)
+        groups = [self.by_task[t] for t in tasks] + (
+            [self.by_type[task_type]] if task_type in self.by_type else []
+        )
+        names = _metric_names(groups)
+        headline = next((h for h in HEADLINE_METRICS.get(task_type, ()) if h in names), None)
+        return ([headline] if headline else []) + [n for n in names if n != headline]
+
+
+def _largest_n(metrics: Mapping[str, Any]) -> int | None:
+    counts = [n for entry in metrics.values() if (n := _metric(entry)[2]) is not None]
+    return max(counts) if counts else None
+
+
+def _baseline_kinds(baseline: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{kind: {metric: entry}}`` of one group's baselines."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, entry in baseline.items():
+        kind = str(_dict(entry).get("kind") or "baseline")
+        out.setdefault(kind, {})[str(name)] = entry
+    return out
+
+
+def _baseline_label(kind: str, entries: Mapping[str, Any]) -> str:
+    label = BASELINE_KINDS.get(kind, kind)
+    answer = next((_dict(e).get("answer") for e in entries.values() if _dict(e).get("answer")), None)
+    return f"{label} ({answer})" if answer else label
+
+
+# ---------------------------------------------------------------------------------------------
+# Grading one row (every rule from cxmind.eval.metrics)
+# ---------------------------------------------------------------------------------------------
+
+
+def _row_type(row: Mapping[str, Any]) -> str | None:
+    from cxmind.data.schema import TASKS
+
+    task_type = row.get("task_type") or TASKS.get(str(row.get("task") or ""))
+    return str(task_type) if task_type else None
 
 
 def error_type(row: Mapping[str, Any]) -> str:
-    """The row's ``ERROR_TYPES`` key: format error, wrong answer, inconsistent verdict, correct, ungraded.
+    """The row's ``ERROR_TYPES`` key, by the rules of :mod:`cxmind.eval.metrics`.
 
-    Closed/open rows: malformed output is a format error; a wrong final answer is a wrong answer; a right
-    final answer with a round whose ✅/❌ disagrees with gold is an inconsistent verdict. Grounding rows
-    are correct at IoU >= 0.5; report rows have no right answer and are "ungraded" unless malformed.
+    A row whose generation failed (``error`` set) is "failed". Closed/open rows: an output the
+    ``format`` metric rejects (not only well-formed rounds, or fewer than two) is a format error; a
+    final answer :func:`~cxmind.eval.metrics.final_correct` rejects is a wrong answer; a right final
+    answer with a round whose ✅/❌ disagrees with gold (:func:`~cxmind.eval.metrics.round_verdicts`)
+    is an inconsistent verdict. Grounding rows are correct when every gold box is found at IoU ≥ 0.5;
+    report rows have no right answer and are "ungraded" unless empty or malformed.
     """
-    prediction = str(row.get("prediction") or "")
-    task_type = row.get("task_type")
-    parsed = parse(prediction)
-    has_tags = "<think>" in prediction or "<answer>" in prediction
+    if row.get("error"):
+        return "failed"
+    prediction = prediction_text(row)
+    task_type = _row_type(row)
     if task_type in ("closed", "open"):
-        if not parsed.well_formed:
+        if not format_score(prediction):
             return "format"
-        if not _final_correct(row, parsed):
+        if not _safe(final_correct, row):
             return "wrong"
-        letters = _letters(row)
-        if any(_round_verdict(r, row, letters) is False for r in parsed.rounds):
+        if any(v is False for v in _safe(round_verdicts, row) or ()):
             return "inconsistent"
         return "correct"
-    if not prediction.strip() or (has_tags and not parsed.well_formed):
+    has_tags = "<think>" in prediction or "<answer>" in prediction
+    if not prediction.strip() or (has_tags and not parse(prediction).well_formed):
         return "format"
     if task_type == "grounding":
-        iou = _number(_dict(row.get("per_record")).get("iou"))
-        if iou is None:
-            return "ungraded"
-        return "correct" if iou >= _IOU_CORRECT else "wrong"
+        correct = _safe(final_correct, row)
+        return "ungraded" if correct is None else "correct" if correct else "wrong"
     return "ungraded"
 
 
@@ -226,11 +296,13 @@ def error_type(row: Mapping[str, Any]) -> str:
 # Images
 # ---------------------------------------------------------------------------------------------
 
+_Thumb = tuple[str | None, str, tuple[int, int] | None]
 
-def _thumbnail(root: str | os.PathLike[str] | None, relative: str, size: int) -> tuple[str | None, str]:
-    """``(data URI, "")`` of a thumbnail, or ``(None, reason)`` when the image cannot be shown."""
+
+def _thumbnail(root: str | os.PathLike[str] | None, relative: str, size: int) -> _Thumb:
+    """``(data URI, "", (w, h))`` of a thumbnail, or ``(None, reason, None)`` when it cannot be shown."""
     if root is None:
-        return None, "no image root"
+        return None, "no image root", None
     try:
         from PIL import Image
 
@@ -242,8 +314,9 @@ def _thumbnail(root: str | os.PathLike[str] | None, relative: str, size: int) ->
         image.convert("RGB").save(buffer, format="JPEG", quality=85)
     except Exception as err:  # a report must never fail on one bad image
         reason = getattr(err, "reason", None) or type(err).__name__
-        return None, str(reason)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"), ""
+        return None, str(reason), None
+    uri = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return uri, "", image.size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,47 +327,56 @@ _CSS = """
 :root{--bg:#f6f7f9;--card:#fff;--ink:#1d2330;--muted:#5b6475;--line:#dde1e8;--ok:#1f7a3a;--okbg:#e3f4e8;
 --bad:#b42318;--badbg:#fde8e6;--warn:#8a5a00;--warnbg:#fff3d6;--info:#2b5fb3;--infobg:#e6eefb}
 *{box-sizing:border-box}
+html{-webkit-text-size-adjust:100%;text-size-adjust:100%}
 body{margin:0;background:var(--bg);color:var(--ink);font:14px/1.45 system-ui,-apple-system,"Segoe UI",
 Roboto,"Noto Sans",sans-serif}
 main{max-width:1200px;margin:0 auto;padding:16px 20px 48px}
-h1{font-size:22px;margin:4px 0 6px}h2{font-size:17px;margin:28px 0 10px}
+h1{font-size:22px;margin:4px 0 6px;overflow-wrap:anywhere}h2{font-size:17px;margin:28px 0 10px}
+h3{font-size:15px;margin:18px 0 6px}
 .warning{background:var(--warnbg);color:var(--warn);border:1px solid #f0d79a;border-radius:6px;
 padding:8px 12px;margin:10px 0;font-weight:600}
-.kv{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;font-size:13px;margin:6px 0}
-.kv dt{color:var(--muted)}.kv dd{margin:0;overflow-wrap:anywhere}
+.kv{display:grid;grid-template-columns:max-content minmax(0,1fr);gap:2px 14px;font-size:13px;margin:6px 0}
+.kv dt{color:var(--muted);overflow-wrap:anywhere}.kv dd{margin:0;overflow-wrap:anywhere}
 details.config{margin:8px 0}details.config summary{cursor:pointer;color:var(--info)}
 table{border-collapse:collapse;background:var(--card);font-size:13px;margin:6px 0}
 th,td{border:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#eef0f4}td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
-.charts{display:flex;flex-wrap:wrap;gap:16px}
-.chart{background:var(--card);border:1px solid var(--line);border-radius:6px;padding:8px;margin:0}
+th{background:#eef0f4;font-weight:600}td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
+tr.base td{color:var(--muted);background:#fafbfc;font-size:12px}tr.base td:first-child{padding-left:18px}
+tr.pooled td{background:#f0f3f9}
+table.metrics td:first-child,table.metrics th:first-child{position:sticky;left:0;z-index:1;
+background:var(--card)}
+table.metrics th:first-child{background:#eef0f4}table.metrics tr.base td:first-child{background:#fafbfc}
+table.metrics tr.pooled td:first-child{background:#f0f3f9}
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,340px),1fr));gap:16px}
+.chart{background:var(--card);border:1px solid var(--line);border-radius:6px;padding:8px;margin:0;min-width:0}
+.chart svg{display:block;width:100%;height:auto}
 .scroll{overflow-x:auto;max-width:100%}.ci{color:var(--muted);font-size:11px}
-tr.overall td{background:#f0f3f9}.hint{color:var(--muted);font-size:12px;margin:2px 0 10px}
+.hint{color:var(--muted);font-size:12px;margin:2px 0 10px}
 .mark{border-radius:4px;padding:0 3px;font-family:"Noto Color Emoji","Apple Color Emoji","Segoe UI Emoji",
 sans-serif}.m-accept{background:var(--okbg);color:var(--ok)}.m-reject{background:var(--badbg);color:var(--bad)}
 pre.prose{font:inherit}
 .chart h3{font-size:14px;margin:0 0 4px}
-.notes li{color:var(--muted)}
+.notes li{color:var(--muted);overflow-wrap:anywhere}
 .controls{position:sticky;top:0;z-index:2;background:var(--bg);padding:8px 0;display:flex;gap:12px;
 align-items:center;flex-wrap:wrap;border-bottom:1px solid var(--line)}
 .controls label{font-size:13px;color:var(--muted)}
-.controls select,.controls input{font:inherit;padding:3px 6px}
+.controls select,.controls input{font:inherit;padding:3px 6px;max-width:100%}
 #count{font-weight:600}
 .card{background:var(--card);border:1px solid var(--line);border-radius:8px;margin:12px 0;padding:12px;
 display:flex;gap:14px}
 .card[hidden]{display:none}
 .imgs{flex:0 0 auto;display:flex;flex-direction:column;gap:6px;max-width:260px}
-.imgs img{display:block;max-width:256px;height:auto;border-radius:4px;background:#000}
-.placeholder{width:180px;height:180px;display:flex;align-items:center;justify-content:center;
+.imgs img{display:block;max-width:100%;height:auto;border-radius:4px;background:#000}
+.placeholder{width:180px;max-width:100%;height:180px;display:flex;align-items:center;justify-content:center;
 text-align:center;background:#e8eaef;color:var(--muted);border:1px dashed #b8bfcc;border-radius:4px;
-font-size:12px;padding:8px}
+font-size:12px;padding:8px;overflow-wrap:anywhere}
 .body{flex:1 1 auto;min-width:0}
 .meta{display:flex;gap:8px;flex-wrap:wrap;align-items:center;margin-bottom:6px;font-size:12px}
 .id{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;color:var(--muted);overflow-wrap:anywhere}
 .tag{background:#eef0f4;border-radius:10px;padding:1px 8px}
 .badge{border-radius:10px;padding:1px 8px;font-weight:600;font-size:12px;white-space:nowrap}
 .b-correct,.b-agree{background:var(--okbg);color:var(--ok)}
-.b-wrong,.b-disagree,.b-format{background:var(--badbg);color:var(--bad)}
+.b-wrong,.b-disagree,.b-format,.b-failed{background:var(--badbg);color:var(--bad)}
 .b-inconsistent{background:var(--warnbg);color:var(--warn)}
 .b-ungraded,.b-none{background:#eef0f4;color:var(--muted)}
 .label{font-size:12px;font-weight:600;color:var(--muted);text-transform:uppercase;letter-spacing:.03em;
@@ -311,9 +393,17 @@ ol.rounds>li.agree{border-left-color:var(--ok)}ol.rounds>li.disagree{border-left
 .think::before{content:"Round " counter(r) " · think: ";font-style:normal;font-weight:600;font-size:12px}
 .answer{display:flex;gap:8px;align-items:baseline;flex-wrap:wrap;margin-top:2px}
 .answer .text{font-weight:600}
-.scores{font-size:12px;color:var(--muted)}
+.scores{font-size:12px;color:var(--muted);overflow-wrap:anywhere}
+.diff{display:grid;grid-template-columns:max-content minmax(0,1fr);gap:2px 10px;font-size:13px;margin:2px 0}
+.diff dt{color:var(--muted)}.diff dd{margin:0;display:flex;flex-wrap:wrap;gap:4px}
+.chip{border-radius:10px;padding:0 8px;font-size:12px;background:#eef0f4}
+.c-hit{background:var(--okbg);color:var(--ok)}.c-miss{background:var(--warnbg);color:var(--warn)}
+.c-extra{background:var(--badbg);color:var(--bad)}.c-nf{background:#eef0f4;color:var(--muted)}
+.none{color:var(--muted);font-size:12px}
 details.solution summary{cursor:pointer;color:var(--info);font-size:12px;margin-top:8px}
-@media (max-width:720px){.card{flex-direction:column}}
+@media (max-width:720px){.card{flex-direction:column}.imgs{max-width:100%}}
+@media (max-width:520px){main{padding:10px 10px 40px}.kv{grid-template-columns:minmax(0,1fr)}
+.kv dd{margin-bottom:4px}th,td{padding:3px 5px}}
 """
 
 _JS = """
@@ -402,140 +492,254 @@ def _metric_cell(entry: object, headline: bool) -> str:
     return text
 
 
-def _metrics_table(groups: Mapping[str, Mapping[str, Any]], types: Mapping[str, str]) -> str:
-    """One row per task ("overall" first when present): each metric's value over its 95% CI."""
-    names = _metric_names(groups.values())
-    if not names:
+def _th(name: str) -> str:
+    """A column header that may wrap after its underscores (long metric names stay narrow)."""
+    return f"<th>{_e(name).replace('_', '_<wbr>')}</th>"
+
+
+def _count(n: int | None) -> str:
+    return "" if n is None else str(n)
+
+
+def _records(n: int) -> str:
+    return f"{n} record" if n == 1 else f"{n} records"
+
+
+def _type_table(groups: _Groups, task_type: str) -> str:
+    """One task type's table: a row per task with its baselines beneath, then all the type's records."""
+    columns = groups.columns(task_type)
+    if not columns:
         return ""
-    head = "".join(f"<th>{_e(n)}</th>" for n in names)
-    body = []
-    for group, metrics in groups.items():
-        headline = headline_metric(types.get(group), metrics)
-        n = _metric(metrics[headline])[2] if headline else None
-        cells = "".join(
-            f'<td class="num">{_metric_cell(metrics[name], name == headline) if name in metrics else ""}</td>'
-            for name in names
+    headline = columns[0]
+
+    def cells(metrics: Mapping[str, Any], bold: bool) -> str:
+        return "".join(
+            '<td class="num">'
+            + (_metric_cell(metrics[name], bold and name == headline) if name in metrics else "")
+            + "</td>"
+            for name in columns
         )
-        css = ' class="overall"' if group == "overall" else ""
+
+    def baseline_rows(baseline: Mapping[str, Any], n: int | None) -> list[str]:
+        return [
+            f'<tr class="base"><td>↳ {_e(_baseline_label(kind, entries))}</td>'
+            f'<td class="num">{_e(_count(_largest_n(entries) or n))}</td>{cells(entries, False)}</tr>'
+            for kind, entries in _baseline_kinds(baseline).items()
+        ]
+
+    body: list[str] = []
+    tasks = groups.tasks_of(task_type)
+    for task in tasks:
+        n = groups.n_task(task)
         body.append(
-            f"<tr{css}><td>{_e(group)}</td><td>{_e(types.get(group, ''))}</td>"
-            f'<td class="num">{_e("" if n is None else n)}</td>{cells}</tr>'
+            f'<tr><td>{_e(task)}</td><td class="num">{_e(_count(n))}</td>'
+            f"{cells(groups.by_task[task], True)}</tr>"
         )
+        body += baseline_rows(groups.base_task.get(task, {}), n)
+    if len(tasks) > 1 and task_type in groups.by_type:
+        n = groups.n_type(task_type)
+        body.append(
+            f'<tr class="pooled"><td>all {_e(task_type)}</td><td class="num">{_e(_count(n))}</td>'
+            f"{cells(groups.by_type[task_type], True)}</tr>"
+        )
+        body += baseline_rows(groups.base_type.get(task_type, {}), n)
+    head = "".join(_th(name) for name in columns)
     return (
-        '<div class="scroll"><table><thead><tr><th>task</th><th>type</th><th>n</th>'
-        f"{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+        f'<div class="scroll"><table class="metrics" data-type="{_e(task_type)}"><thead><tr><th>task</th>'
+        f"<th>n</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
     )
 
 
-def _bar_chart(metric: str, bars: list[tuple[str, float, tuple[float, float] | None]]) -> str:
-    """A horizontal bar chart (inline SVG) of one metric across tasks, with 95% CI whiskers."""
-    label_w, bar_w, row_h, top = 170, 260, 24, 8
-    scale_max = max([1.0] + [v for _, v, _ in bars] + [ci[1] for _, _, ci in bars if ci])
-    height = top + row_h * len(bars) + 22
-    width = label_w + bar_w + 70
+def _records_table(groups: _Groups) -> str:
+    """Records per group: overall and per task type (the real counts, not a metric's n)."""
+    rows = [
+        f'<tr><td>overall</td><td class="num">{_e(_count(groups.total))}</td>'
+        f"<td>{len(groups.by_task)}</td></tr>"
+    ]
+    for task_type in groups.type_order():
+        rows.append(
+            f'<tr><td>{_e(task_type)}</td><td class="num">{_e(_count(groups.n_type(task_type)))}</td>'
+            f"<td>{len(groups.tasks_of(task_type))}</td></tr>"
+        )
+    return (
+        '<div class="scroll"><table class="records"><thead><tr><th>group</th><th>records</th><th>tasks</th>'
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def _overall_table(overall: Mapping[str, Any]) -> str:
+    """The metrics pooled over every record that has them, one per line (each with its own n)."""
+    rows = []
+    for name, entry in overall.items():
+        value, ci, n = _metric(entry)
+        interval = f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "—"
+        method = _dict(entry).get("ci_method") or ""
+        rows.append(
+            f'<tr><td>{_e(name)}</td><td class="num">{_e(_fmt(value))}</td>'
+            f'<td class="num">{_e(interval)}</td>'
+            f'<td class="num">{_e(_count(n))}</td><td>{_e(method)}</td></tr>'
+        )
+    return (
+        '<details class="config"><summary>pooled over all tasks (each metric over the records that have it)'
+        '</summary><div class="scroll"><table><thead><tr><th>metric</th><th>value</th><th>95% CI</th>'
+        f"<th>n</th><th>CI method</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div></details>"
+    )
+
+
+_Bar = tuple[str, float, tuple[float, float] | None, float | None]
+
+
+def _bar_chart(metric: str, bars: list[_Bar], baseline_name: str = "baseline") -> str:
+    """A responsive horizontal bar chart (inline SVG with a viewBox) of one metric across tasks.
+
+    Each task gets its full label on a line above its bar, a 95% CI whisker and, when known, a dashed
+    mark at its chance/baseline level. The drawing scales to its container; nothing is clipped.
+    """
+    width, pad, value_w, row_h, top = 400, 6, 52, 40, 4
+    bar_w = width - 2 * pad - value_w
+    scale_max = max(
+        [1.0]
+        + [v for _, v, _, _ in bars]
+        + [ci[1] for _, _, ci, _ in bars if ci]
+        + [b for *_, b in bars if b]
+    )
+    has_base = any(b is not None for *_, b in bars)
+    height = top + row_h * len(bars) + 20 + (16 if has_base else 0)
 
     def x(value: float) -> float:
-        return label_w + bar_w * max(0.0, min(value, scale_max)) / scale_max
+        return pad + bar_w * max(0.0, min(value, scale_max)) / scale_max
 
-    parts = [f'<svg width="{width}" height="{height}" role="img" aria-label="{_e(metric)} per task">']
-    for i, (label, value, ci) in enumerate(bars):
+    parts = [
+        f'<svg viewBox="0 0 {width} {height}" preserveAspectRatio="xMinYMin meet" role="img" '
+        f'aria-label="{_e(metric)} per task">'
+    ]
+    for i, (label, value, ci, base) in enumerate(bars):
         y = top + i * row_h
         parts.append(
-            f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end" font-size="12" fill="#1d2330">'
-            f"{_e(_short(label, 26))}</text>"
-            f'<rect x="{label_w}" y="{y + 4}" width="{x(value) - label_w:.1f}" height="{row_h - 8}" '
-            f'fill="#4a7bd0"><title>{_e(label)}: {_e(_fmt(value))}</title></rect>'
+            f'<text x="{pad}" y="{y + 12}" font-size="12" fill="#1d2330">{_e(_short(label, 52))}</text>'
+            f'<rect x="{pad}" y="{y + 17}" width="{x(value) - pad:.1f}" height="14" fill="#4a7bd0">'
+            f"<title>{_e(label)}: {_e(_fmt(value))}</title></rect>"
         )
+        mid = y + 24
         if ci is not None:
             lo, hi = x(ci[0]), x(ci[1])
-            mid = y + row_h / 2
             parts.append(
                 f'<path d="M{lo:.1f} {mid}H{hi:.1f}M{lo:.1f} {mid - 5}V{mid + 5}'
                 f'M{hi:.1f} {mid - 5}V{mid + 5}" stroke="#1d2330" stroke-width="1.2" fill="none"/>'
             )
-        text_x = max(x(value), x(ci[1]) if ci else 0) + 6
+        if base is not None:
+            parts.append(
+                f'<path d="M{x(base):.1f} {y + 14}V{y + 34}" stroke="#b42318" stroke-width="2" '
+                f'stroke-dasharray="3 2"><title>{_e(baseline_name)}: {_e(_fmt(base))}</title></path>'
+            )
+        text_x = max(x(value), x(ci[1]) if ci else 0.0) + 5
         parts.append(
-            f'<text x="{text_x:.1f}" y="{y + 15}" font-size="12" fill="#1d2330">{_e(_fmt(value))}</text>'
+            f'<text x="{text_x:.1f}" y="{mid + 4}" font-size="12" fill="#1d2330">{_e(_fmt(value))}</text>'
         )
     axis_y = top + row_h * len(bars) + 2
-    parts.append(f'<path d="M{label_w} {axis_y}H{label_w + bar_w}" stroke="#8a93a3"/>')
+    parts.append(f'<path d="M{pad} {axis_y}H{pad + bar_w}" stroke="#8a93a3"/>')
     for tick in (0.0, 0.5, 1.0):
         value = tick * scale_max
+        anchor = "start" if tick == 0 else "end" if tick == 1 else "middle"
         parts.append(
-            f'<text x="{x(value):.1f}" y="{axis_y + 14}" font-size="10" text-anchor="middle" '
+            f'<text x="{x(value):.1f}" y="{axis_y + 14}" font-size="10" text-anchor="{anchor}" '
             f'fill="#5b6475">{value:g}</text>'
+        )
+    if has_base:
+        legend_y = axis_y + 30
+        parts.append(
+            f'<path d="M{pad} {legend_y - 4}H{pad + 14}" stroke="#b42318" stroke-width="2" '
+            'stroke-dasharray="3 2"/>'
+            f'<text x="{pad + 20}" y="{legend_y}" font-size="11" fill="#5b6475">{_e(baseline_name)}</text>'
         )
     parts.append("</svg>")
     return "".join(parts)
 
 
-def _charts(by_task: Mapping[str, Mapping[str, Any]], types: Mapping[str, str]) -> str:
-    per_metric: dict[str, list[tuple[str, float, tuple[float, float] | None]]] = {}
-    for task, metrics in by_task.items():
-        headline = headline_metric(types.get(task), metrics)
+def _charts(groups: _Groups) -> str:
+    per_metric: dict[str, list[_Bar]] = {}
+    kinds: dict[str, set[str]] = {}
+    for task, metrics in groups.by_task.items():
+        headline = headline_metric(groups.types.get(task), metrics)
         if headline is None:
             continue
         value, ci, _ = _metric(metrics[headline])
-        if value is not None:
-            per_metric.setdefault(headline, []).append((task, value, ci))
-    charts = [
-        f'<figure class="chart"><h3>{_e(metric)}</h3>{_bar_chart(metric, bars)}</figure>'
-        for metric, bars in per_metric.items()
-    ]
+        if value is None:
+            continue
+        base_entry = groups.base_task.get(task, {}).get(headline)
+        base = _metric(base_entry)[0]
+        if base is not None:
+            kinds.setdefault(headline, set()).add(str(_dict(base_entry).get("kind") or "baseline"))
+        per_metric.setdefault(headline, []).append((task, value, ci, base))
+    charts = []
+    for metric, bars in per_metric.items():
+        name = " / ".join(BASELINE_KINDS.get(k, k) for k in sorted(kinds.get(metric, ()))) or "baseline"
+        charts.append(f'<figure class="chart"><h3>{_e(metric)}</h3>{_bar_chart(metric, bars, name)}</figure>')
     return f'<div class="charts">{"".join(charts)}</div>' if charts else ""
 
 
-def _by_source(by_source: Mapping[str, Any], types: Mapping[str, str]) -> str:
-    """A source × task table of each task's headline metric."""
-    sources = {str(s): _dict(t) for s, t in by_source.items() if isinstance(t, Mapping)}
-    tasks = _metric_names(sources.values())
-    if not tasks:
+def _by_source(groups: _Groups) -> str:
+    """Each source × task group's headline metric, one line per pair (narrow on any screen)."""
+    rows = []
+    for source, task_metrics in groups.by_source.items():
+        for task, metrics in task_metrics.items():
+            metrics = _dict(metrics)
+            headline = headline_metric(groups.types.get(str(task)), metrics)
+            if headline is None:
+                continue
+            rows.append(
+                f"<tr><td>{_e(source)}</td><td>{_e(task)}</td>"
+                f'<td class="num">{_e(_count(groups.n_source(source, str(task))))}</td>'
+                f"<td>{_e(headline)}</td>"
+                f'<td class="num">{_metric_cell(metrics[headline], False)}</td></tr>'
+            )
+    if not rows:
         return ""
-    head = "".join(f"<th>{_e(t)}</th>" for t in tasks)
-    body = []
-    for source, task_metrics in sources.items():
-        cells = []
-        for task in tasks:
-            metrics = _dict(task_metrics.get(task))
-            headline = headline_metric(types.get(task), metrics)
-            text = f"{headline}: {_fmt_metric(metrics[headline], with_n=True)}" if headline else ""
-            cells.append(f'<td class="num">{_e(text)}</td>')
-        body.append(f"<tr><td>{_e(source)}</td>{''.join(cells)}</tr>")
     return (
-        f'<h2>By source (headline metric)</h2><div class="scroll"><table><thead><tr><th>source</th>{head}'
-        f"</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+        '<h2>By source (headline metric)</h2><div class="scroll"><table><thead><tr><th>source</th>'
+        f"<th>task</th><th>n</th><th>metric</th><th>value</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
     )
 
 
-def _summary(results: Mapping[str, Any], types: Mapping[str, str]) -> str:
-    metrics = _dict(results.get("metrics"))
+def _summary(groups: _Groups) -> str:
     parts = ["<h2>Metrics (95% CI)</h2>"]
-    overall = _dict(metrics.get("overall"))
-    by_task = {str(t): _dict(m) for t, m in _dict(metrics.get("by_task")).items()}
-    if overall or by_task:
-        groups = {"overall": overall} if overall else {}
-        parts.append(_metrics_table({**groups, **by_task}, types))
-        parts.append('<p class="hint">Bold: the headline metric of each task; brackets: 95% CI.</p>')
-    if by_task:
-        parts.append(_charts(by_task, types))
-    if not overall and not by_task:
+    if groups.total is not None or groups.by_task:
+        parts.append(_records_table(groups))
+    for task_type in groups.type_order():
+        n = groups.n_type(task_type)
+        count = f" — {_records(n)}" if n is not None else ""
+        parts.append(f"<h3>{_e(task_type)}{_e(count)}</h3>{_type_table(groups, task_type)}")
+    if groups.by_task:
+        parts.append(
+            '<p class="hint">Bold: the headline metric of each task; brackets: 95% CI (Wilson score interval '
+            "for proportions, percentile bootstrap otherwise); ↳ rows: baselines (chance for closed tasks, "
+            "the most frequent gold answer for open tasks, a constant report for report tasks).</p>"
+        )
+        parts.append(_charts(groups))
+    if groups.overall:
+        parts.append(_overall_table(groups.overall))
+    if not groups.overall and not groups.by_task:
         parts.append("<p>No metrics recorded.</p>")
-    parts.append(_by_source(_dict(metrics.get("by_source")), types))
-    notes = metrics.get("notes") or results.get("notes")
+    parts.append(_by_source(groups))
+    if groups.constant_report:
+        items = "".join(
+            f"<dt>{_e(t)}</dt><dd>{_e(_short(r, 400))}</dd>" for t, r in groups.constant_report.items()
+        )
+        parts.append(f'<h3>Constant report baseline</h3><dl class="kv">{items}</dl>')
+    notes = groups.notes
     if isinstance(notes, Sequence) and not isinstance(notes, str) and notes:
         items = "".join(f"<li>{_e(n)}</li>" for n in notes)
         parts.append(f'<h2>Notes</h2><ul class="notes">{items}</ul>')
     return "\n".join(parts)
 
 
-def _rounds_html(rounds: Sequence[Round], row: Mapping[str, Any] | None) -> str:
-    letters = _letters(row) if row is not None else None
+def _rounds_html(rounds: Sequence[Round], verdicts: Sequence[bool | None] | None) -> str:
+    """The rounds, each marked verdict with a badge saying whether it agrees with gold (when known)."""
     items = []
-    for rnd in rounds:
-        mark = mark_of(rnd.answer)
-        verdict = _round_verdict(rnd, row, letters) if row is not None else None
+    for k, rnd in enumerate(rounds):
+        verdict = verdicts[k] if verdicts is not None and k < len(verdicts) else None
         css, badge = "", ""
-        if row is not None and mark is not None:
+        if verdicts is not None and (ACCEPT in rnd.answer or REJECT in rnd.answer):
             if verdict is None:
                 badge = '<span class="badge b-none">verdict not checkable</span>'
             else:
@@ -559,20 +763,62 @@ def _marked(text: str) -> str:
 def _gold_text(row: Mapping[str, Any]) -> str:
     """The gold answer; for closed rows the full text of the gold option when it can be found."""
     answer = str(row.get("answer") or "")
-    options = row.get("options")
-    letters = _letters(row)
-    if row.get("task_type") == "closed" and letters and isinstance(options, (list, tuple)):
-        for letter, option in zip(letters, options, strict=False):
-            if letter == answer.strip().upper()[:1]:
-                return str(option)
+    if _row_type(row) == "closed":
+        letter = _safe(gold_letter, row)
+        texts = _safe(lambda r: option_texts(r.get("options")), row) or {}
+        if letter in texts:
+            return f"{letter}) {texts[letter]}"
     return answer
 
 
-_Thumbs = dict[tuple[str, str, int], tuple[str | None, str]]
+def _chips(names: Iterable[str], css: str) -> str:
+    chips = "".join(f'<span class="chip {css}">{_e(n)}</span>' for n in names)
+    return chips or '<span class="none">none</span>'
+
+
+def _open_diff(row: Mapping[str, Any]) -> str:
+    """Matched, missing and extra findings of an open row's final answer against the gold list."""
+    predicted, gold = _safe(final_findings, row), _safe(gold_findings, row)
+    if predicted is None or gold is None:
+        return ""
+    matched = [g for g in gold if g in predicted]
+    missing = [g for g in gold if g not in predicted]
+    extra = [p for p in predicted if p not in gold]
+    return (
+        '<div class="label">Final list vs gold</div><dl class="diff">'
+        f"<dt>matched</dt><dd>{_chips(matched, 'c-hit')}</dd>"
+        f"<dt>missing</dt><dd>{_chips(missing, 'c-miss')}</dd>"
+        f"<dt>extra</dt><dd>{_chips(extra, 'c-extra')}</dd></dl>"
+    )
+
+
+def _report_labels(row: Mapping[str, Any]) -> str:
+    """The CheXpert labels the report labeler finds in the prediction and in the reference."""
+    predicted = report_labels(answer_text(prediction_text(row)))
+    reference = report_labels(str(row.get("answer") or ""))
+    if predicted is None or reference is None:
+        return '<div class="label">CheXpert labels</div><p class="none">no report labeler available</p>'
+
+    def chips(names: list[str], other: list[str], miss: str) -> str:
+        if not names:
+            return '<span class="none">none</span>'
+        css = {n: "c-nf" if n not in CE_FINDINGS else "c-hit" if n in other else miss for n in names}
+        return "".join(f'<span class="chip {css[n]}">{_e(n)}</span>' for n in names)
+
+    return (
+        '<div class="label">CheXpert labels found (clinical efficacy compares them, No Finding aside)</div>'
+        '<dl class="diff">'
+        f"<dt>prediction</dt><dd>{chips(predicted, reference, 'c-extra')}</dd>"
+        f"<dt>reference</dt><dd>{chips(reference, predicted, 'c-miss')}</dd></dl>"
+    )
+
+
+_Thumbs = dict[tuple[str, str, int], _Thumb]
 
 
 def _card(row: Mapping[str, Any], root: str | os.PathLike[str] | None, thumbnail: int, cache: _Thumbs) -> str:
     task = str(row.get("task") or "")
+    task_type = _row_type(row)
     kind = error_type(row)
     prediction = str(row.get("prediction") or "")
     parsed = parse(prediction)
@@ -585,11 +831,13 @@ def _card(row: Mapping[str, Any], root: str | os.PathLike[str] | None, thumbnail
         key = ("" if root is None else str(root), str(rel), thumbnail)
         if key not in cache:  # the tasks of one study share its images: decode each once
             cache[key] = _thumbnail(root, str(rel), thumbnail)
-        uri, reason = cache[key]
-        if uri is None:
+        uri, reason, size = cache[key]
+        if uri is None or size is None:
             figures.append(f'<div class="placeholder">image unavailable<br>({_e(reason)})<br>{_e(rel)}</div>')
         else:
-            figures.append(f'<img src="{uri}" alt="{_e(rel)}" title="{_e(rel)}">')
+            figures.append(
+                f'<img src="{uri}" alt="{_e(rel)}" title="{_e(rel)}" width="{size[0]}" height="{size[1]}">'
+            )
     if not figures:
         figures.append('<div class="placeholder">no image</div>')
 
@@ -612,22 +860,28 @@ def _card(row: Mapping[str, Any], root: str | os.PathLike[str] | None, thumbnail
         f'<p class="text gold">{_e(_gold_text(row))}</p>',
         '<div class="label">Prediction</div>',
     ]
-    structured = (
-        row.get("task_type") in ("closed", "open") or "<think>" in prediction or "<answer>" in prediction
-    )
+    if row.get("error"):
+        body.append(f'<ul class="errors"><li>generation failed: {_e(row.get("error"))}</li></ul>')
+    graded = task_type in ("closed", "open")
+    verdicts = _safe(round_verdicts, row) if graded else None
+    structured = graded or "<think>" in prediction or "<answer>" in prediction
     if not prediction.strip():
         body.append('<p class="text"><em>(empty)</em></p>')
     elif structured and parsed.well_formed:
-        body.append(_rounds_html(parsed.rounds, row))
+        body.append(_rounds_html(parsed.rounds, verdicts if graded else None))
     elif structured:
         errors = "".join(f"<li>{_e(err)}</li>" for err in parsed.errors)
         body.append(f'<ul class="errors">{errors}</ul><pre class="raw">{_e(prediction)}</pre>')
         if parsed.rounds:
             body.append('<div class="label">Rounds recovered from the malformed output</div>')
-            body.append(_rounds_html(parsed.rounds, row))
+            body.append(_rounds_html(parsed.rounds, verdicts if graded else None))
     else:
-        prose = " prose" if row.get("task_type") == "report" else ""
+        prose = " prose" if task_type == "report" else ""
         body.append(f'<pre class="raw{prose}">{_e(prediction)}</pre>')
+    if task_type == "open":
+        body.append(_open_diff(row))
+    elif task_type == "report":
+        body.append(_report_labels(row))
     solution = row.get("solution")
     if solution:
         gold = parse(str(solution))
@@ -725,7 +979,7 @@ def render_html(
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_e(title)} — cxmind reasoning report</title>"
         f"<style>{_CSS}</style></head>\n<body><main>\n"
-        f"{_header(results)}\n{_summary(results, types)}\n"
+        f"{_header(results)}\n{_summary(_Groups(results, types))}\n"
         f"{_browser(rows, image_root_of, max_samples, thumbnail)}\n"
         f"</main><script>{_JS}</script></body></html>\n"
     )
@@ -759,31 +1013,49 @@ def _md(value: object) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def markdown_table(results: dict) -> str:
-    """A GitHub Markdown table of per-task metrics: ``value [lo, hi]`` (95% CI) per metric, and n.
+def _md_line(label: str, n: int | None, metrics: Mapping[str, Any], columns: Sequence[str]) -> str:
+    cells = [_fmt_metric(metrics[name]) if name in metrics else "" for name in columns]
+    return f"| {_md(label)} | {_count(n)} | " + " | ".join(_md(c) for c in cells) + " |"
 
-    The first row is "overall" when the results have overall metrics.
-    """
-    metrics = _dict(_dict(results).get("metrics"))
-    groups: dict[str, dict[str, Any]] = {}
-    if metrics.get("overall"):
-        groups["overall"] = _dict(metrics["overall"])
-    for task, task_metrics in _dict(metrics.get("by_task")).items():
-        groups[str(task)] = _dict(task_metrics)
-    names = _metric_names(groups.values())
-    if not groups or not names:
-        return "_No metrics recorded._"
-    from cxmind.data.schema import TASKS
 
-    lines = [
-        "| task | n | " + " | ".join(_md(n) for n in names) + " |",
-        "|---|---:|" + "---:|" * len(names),
+def _md_baselines(baseline: Mapping[str, Any], n: int | None, columns: Sequence[str]) -> list[str]:
+    return [
+        _md_line(f"↳ {_baseline_label(kind, entries)}", _largest_n(entries) or n, entries, columns)
+        for kind, entries in _baseline_kinds(baseline).items()
     ]
-    for group, group_metrics in groups.items():
-        headline = headline_metric(TASKS.get(group), group_metrics)
-        n = _metric(group_metrics[headline])[2] if headline else None
-        cells = [_fmt_metric(group_metrics[name]) if name in group_metrics else "" for name in names]
-        lines.append(
-            f"| {_md(group)} | {'' if n is None else n} | " + " | ".join(_md(c) for c in cells) + " |"
-        )
-    return "\n".join(lines)
+
+
+def markdown_table(results: dict) -> str:
+    """GitHub Markdown tables of per-task metrics, one per task type: ``value [lo, hi]`` (95% CI).
+
+    Each task's row gives its number of records and is followed by its baselines ("↳ chance",
+    "↳ most frequent answer", "↳ constant report") in the same columns; a type with several tasks ends
+    with an "all <type>" row. A last line gives the overall number of records.
+    """
+    groups = _Groups(_dict(results), _task_types(_dict(results), []))
+    if not groups.by_task and not groups.overall:
+        return "_No metrics recorded._"
+    blocks: list[str] = []
+    for task_type in groups.type_order():
+        columns = groups.columns(task_type)
+        if not columns:
+            continue
+        tasks = groups.tasks_of(task_type)
+        n_type = groups.n_type(task_type)
+        lines = [
+            f"**{_md(task_type)}**" + (f" ({_records(n_type)})" if n_type is not None else ""),
+            "",
+            "| task | n | " + " | ".join(_md(n) for n in columns) + " |",
+            "|---|---:|" + "---:|" * len(columns),
+        ]
+        for task in tasks:
+            n = groups.n_task(task)
+            lines.append(_md_line(task, n, groups.by_task[task], columns))
+            lines += _md_baselines(groups.base_task.get(task, {}), n, columns)
+        if len(tasks) > 1 and task_type in groups.by_type:
+            lines.append(_md_line(f"all {task_type}", n_type, groups.by_type[task_type], columns))
+            lines += _md_baselines(groups.base_type.get(task_type, {}), n_type, columns)
+        blocks.append("\n".join(lines))
+    if groups.total is not None:
+        blocks.append(f"**overall**: {_records(groups.total)}")
+    return "\n\n".join(blocks) if blocks else "_No metrics recorded._"
