@@ -70,7 +70,19 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     )
     v.add_argument("--min-pixels", type=int, default=None)
     v.add_argument("--max-pixels", type=int, default=None)
-    v.add_argument("--decode", action="store_true", help="decode every image fully (slow, thorough)")
+    v.add_argument(
+        "--max-source-pixels",
+        type=int,
+        default=None,
+        help="refuse image files declaring more pixels than this, before decoding (default 8192*8192)",
+    )
+    depth = v.add_mutually_exclusive_group()
+    depth.add_argument(
+        "--headers-only",
+        action="store_true",
+        help="read image headers only: fast, but truncated or damaged pixel data goes unnoticed",
+    )
+    depth.add_argument("--decode", action="store_true", help="decode every image fully (the default)")
     v.add_argument("--no-progress", action="store_true")
 
     h = data_sub.add_parser(
@@ -178,6 +190,12 @@ def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"))
     parser.add_argument("--min-pixels", type=int, default=None, help="image budget, as in training")
     parser.add_argument("--max-pixels", type=int, default=None, help="image budget, as in training")
+    parser.add_argument(
+        "--max-model-len",
+        type=int,
+        default=None,
+        help="vllm: context to reserve KV cache for (default: longest prompt + --max-new-tokens)",
+    )
 
 
 def _add_eval_commands(sub: argparse._SubParsersAction) -> None:
@@ -185,7 +203,9 @@ def _add_eval_commands(sub: argparse._SubParsersAction) -> None:
         "eval",
         help="evaluate a model on a record split: results.json, results.md, report.html",
         description="Generate on every record of a split (resumable), score each task with bootstrap CIs, "
-        "and write results.json, a Markdown table and a self-contained HTML reasoning report.",
+        "and write results.json, a Markdown table and a self-contained HTML reasoning report. A rerun "
+        "resumes only from predictions made with the same model, adapter, generation settings and "
+        "records (recorded in OUT/manifest.json); --limit and --tasks may change.",
     )
     _add_generation_arguments(e)
     e.add_argument("--data", required=True, type=Path, help="a record set folder (`cxmind data build`)")
@@ -197,6 +217,11 @@ def _add_eval_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--limit", type=int, default=None, help="evaluate only the first N records (recorded)")
     e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs")
     e.add_argument("--bertscore-model", default=None, help="local BERTScore model folder (else skipped)")
+    e.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete earlier predictions and results in --out and start over",
+    )
     e.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("predict", help="answer one question about one image and print the reasoning rounds")
@@ -237,11 +262,12 @@ def _generation(args: argparse.Namespace):
         seed=args.seed,
         dtype=args.dtype,
         budget=_budget(args),
+        max_model_len=args.max_model_len,
     )
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from cxmind.eval.run import EvalConfig, evaluate
+    from cxmind.eval.run import EvalConfig, StalePredictionsError, evaluate
 
     tasks = _task_list(args.tasks) if args.tasks else None
     config = EvalConfig(
@@ -256,8 +282,12 @@ def _eval(args: argparse.Namespace) -> int:
         generation=_generation(args),
         n_bootstrap=args.bootstrap,
         bertscore_model=args.bertscore_model,
+        overwrite=args.overwrite,
     )
-    results = evaluate(config, progress=not args.no_progress)
+    try:
+        results = evaluate(config, progress=not args.no_progress)
+    except StalePredictionsError as error:  # one line, exit status 2: the user decides what to keep
+        raise UsageError(str(error)) from error
     from cxmind.eval.html import markdown_table
 
     print(markdown_table(results))
@@ -267,7 +297,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from cxmind.data.images import read_image, smart_resize
-    from cxmind.eval.generate import load_backend
+    from cxmind.eval.generate import load_backend, prompt_tokens
     from cxmind.format import mark_of, parse
 
     config = _generation(args)
@@ -279,8 +309,17 @@ def _predict(args: argparse.Namespace) -> int:
         record["question"] = args.question + "\n" + "\n".join(args.option)
     from cxmind.data.prompts import prompt_messages
 
-    backend = load_backend(args.backend, args.model, args.adapter, config)
-    ((text, n_tokens),) = backend.generate([(prompt_messages(record), [image])])
+    messages = prompt_messages(record)
+    max_prompt_tokens = None
+    if args.backend == "vllm" and config.max_model_len is None:  # size vLLM's context for this prompt
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(args.model)
+        max_prompt_tokens = prompt_tokens(processor, messages, [(image.width, image.height)], config.budget)
+    backend = load_backend(
+        args.backend, args.model, args.adapter, config, max_prompt_tokens=max_prompt_tokens
+    )
+    ((text, n_tokens),) = backend.generate([(messages, [image])])
     parsed = parse(text)
     if not parsed.rounds or args.task_type == "report":
         print(text)
@@ -325,14 +364,19 @@ def _data_build(args: argparse.Namespace) -> int:
 
 
 def _data_validate(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from cxmind.data.validate import ValidationConfig, validate
 
+    budget = _budget(args)
+    if args.max_source_pixels is not None:
+        budget = dataclasses.replace(budget, max_source_pixels=args.max_source_pixels)
     config = ValidationConfig(
-        budget=_budget(args),
+        budget=budget,
         max_prompt_tokens=args.max_prompt_tokens,
         max_completion_tokens=args.max_completion_tokens,
         model=args.model,
-        decode=args.decode,
+        decode=not args.headers_only,
     )
     report = validate(args.records, config, progress=not args.no_progress)
     print(report.table())

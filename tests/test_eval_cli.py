@@ -60,6 +60,54 @@ def test_eval_writes_results_markdown_and_html_and_resumes(records_dir, tiny_qwe
     assert main(args) == 0
     assert (out / "predictions.jsonl").read_text().splitlines() == predictions
     assert (out / "predictions.jsonl").stat().st_mtime_ns >= mtime
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert results["manifest"] == manifest and manifest["generation"]["max_new_tokens"] == 8
+
+
+def test_eval_refuses_other_settings_until_overwrite(records_dir, tiny_qwen25_vl_path, tmp_path, capsys):
+    out = tmp_path / "eval"
+
+    def args(max_new_tokens):
+        return [
+            "eval",
+            "--model",
+            str(tiny_qwen25_vl_path),
+            "--data",
+            str(records_dir),
+            "--out",
+            str(out),
+            "--split",
+            "train",
+            "--limit",
+            "4",
+            "--max-new-tokens",
+            str(max_new_tokens),
+            "--bootstrap",
+            "10",
+            "--no-progress",
+            *PIXELS,
+        ]
+
+    assert main(args(4)) == 0
+    capsys.readouterr()
+    assert main(args(6)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("cxmind eval: error: predictions in ")
+    assert "(changed: generation.max_new_tokens)" in err and "--overwrite" in err
+    assert main([*args(6), "--overwrite"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["generation"]["max_new_tokens"] == 6
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 4
+
+
+def test_eval_refuses_predictions_of_unknown_provenance(records_dir, tiny_qwen25_vl_path, tmp_path, capsys):
+    out = tmp_path / "eval"
+    out.mkdir()
+    row = {"id": "x", "task": "disease_binary", "task_type": "closed", "answer": "A", "prediction": "A"}
+    (out / "predictions.jsonl").write_text(json.dumps(row) + "\n")
+    args = ["eval", "--model", str(tiny_qwen25_vl_path), "--data", str(records_dir), "--out", str(out)]
+    assert main([*args, "--split", "train", "--no-progress", *PIXELS]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no readable manifest.json" in err and "--overwrite" in err
 
 
 def test_predict_prints_rounds(tiny_qwen25_vl_path, tmp_path, capsys):
