@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import random
+import struct
+import tracemalloc
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as hf_smart_resize
 
 from cxmind.data.images import (
     IMAGE_ERROR_REASONS,
+    MAX_SOURCE_PIXELS,
     ImageBudget,
     ImageError,
     PathEscapeError,
@@ -54,8 +67,12 @@ def _dicom(
     *,
     photometric: str = "MONOCHROME2",
     window: tuple[float, float] | None = None,
+    voi_lut: np.ndarray | None = None,
 ) -> Path:
-    """A real Part-10 DICOM file: 16 bits allocated, 12 stored, unsigned, explicit VR little endian."""
+    """A real Part-10 DICOM file: 16 bits allocated, 12 stored, unsigned, explicit VR little endian.
+
+    ``voi_lut``: a VOI LUT Sequence item mapping stored values 0.. onto these 16-bit entries.
+    """
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -73,8 +90,91 @@ def _dicom(
     ds.PixelRepresentation = 0
     if window is not None:
         ds.WindowCenter, ds.WindowWidth = window
+    if voi_lut is not None:
+        item = Dataset()
+        item.LUTDescriptor = [len(voi_lut), 0, 16]
+        item.add_new(0x00283006, "US", [int(v) for v in voi_lut])  # LUT Data
+        ds.VOILUTSequence = [item]
     ds.PixelData = pixels.astype(np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _bomb_png(path: Path, width: int = 30000, height: int = 30000) -> Path:
+    """A real decompression bomb: an all-black 1-bit PNG of width x height pixels, ~100 KB on disk."""
+    row = bytes(1 + (width + 7) // 8)  # filter byte + packed bits
+    deflate = zlib.compressobj(9)
+    block = 1024
+    idat = b"".join(deflate.compress(row * min(block, height - y)) for y in range(0, height, block))
+    idat += deflate.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    png = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat)
+    path.write_bytes(png + _png_chunk(b"IEND", b""))
+    return path
+
+
+def _raw_deflate_zeros(n: int) -> bytes:
+    """Raw deflate blocks (no final block) of ``n`` zero bytes, made in no time from one repeated block."""
+    mib = 1 << 20
+    block = zlib.compressobj(9, zlib.DEFLATED, -15)
+    segment = block.compress(bytes(mib)) + block.flush(zlib.Z_FULL_FLUSH)  # byte-aligned, self-contained
+    rest = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return segment * (n // mib) + rest.compress(bytes(n % mib)) + rest.flush(zlib.Z_FULL_FLUSH)
+
+
+def _deflated_dicom(
+    path: Path,
+    rows: int,
+    cols: int,
+    *,
+    pixels: bytes | None = None,
+    zeros: int | None = None,
+    bits: int = 16,
+    frames: int = 1,
+    samples: int = 1,
+) -> Path:
+    """A Deflated Explicit VR Little Endian DICOM declaring ``rows`` x ``cols`` (x ``frames``) pixels.
+
+    Its pixel data is ``pixels``, or ``zeros`` zero bytes (a decompression bomb: streamed, never held).
+    """
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds = Dataset()
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    ds.Rows, ds.Columns = rows, cols
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.SamplesPerPixel = samples
+    ds.PhotometricInterpretation = "MONOCHROME2" if samples == 1 else "RGB"
+    if samples > 1:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated = bits
+    ds.BitsStored = min(bits, 12)
+    ds.HighBit = min(bits, 12) - 1
+    ds.PixelRepresentation = 0
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    n = len(pixels) if pixels is not None else int(zeros or 0)
+    element = b"\xe0\x7f\x10\x00" + (b"OB" if bits == 8 else b"OW") + b"\x00\x00" + struct.pack("<I", n)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    stream = deflate.compress(body.getvalue() + element)
+    if pixels is not None:
+        stream += deflate.compress(pixels) + deflate.flush()
+    else:
+        stream += deflate.flush(zlib.Z_FULL_FLUSH) + _raw_deflate_zeros(n) + b"\x03\x00"  # empty final block
+    out = DicomBytesIO()
+    out.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(out, meta)
+    path.write_bytes(out.getvalue() + stream)
     return path
 
 
@@ -276,7 +376,7 @@ def test_read_png_8bit_grey_keeps_values(tmp_path: Path) -> None:
     assert np.array_equal(arr[..., 0], np.asarray(gray)) and np.array_equal(arr[..., 0], arr[..., 2])
 
 
-def test_read_png_16bit_is_min_max_scaled(tmp_path: Path) -> None:
+def test_read_png_16bit_gets_a_robust_percentile_window(tmp_path: Path) -> None:
     arr = np.linspace(1000, 5000, 40 * 50).reshape(40, 50).astype(np.uint16)
     path = _png(tmp_path / "sixteen.png", Image.fromarray(arr))
     with Image.open(path) as raw:
@@ -284,8 +384,63 @@ def test_read_png_16bit_is_min_max_scaled(tmp_path: Path) -> None:
     out = np.asarray(read_image(path))[..., 0].astype(int)
     assert out.min() == 0 and out.max() == 255
     assert np.all(np.diff(out.ravel()) >= 0)  # monotone
-    expected = np.rint((arr.astype(float) - 1000) / 4000 * 255)
+    lo, hi = np.percentile(arr.astype(float), (0.5, 99.5))
+    expected = np.clip(np.rint((arr.astype(float) - lo) / (hi - lo) * 255), 0, 255)
     assert np.abs(out - expected).max() <= 1
+
+
+def _hot(arr: np.ndarray, value: int) -> np.ndarray:
+    hot = arr.copy()
+    hot[3, 7] = value  # one hot pixel: a burnt-in marker or a defective detector element
+    return hot
+
+
+def test_one_hot_pixel_keeps_the_contrast_of_a_16bit_png(tmp_path: Path) -> None:
+    arr = np.linspace(1000, 3000, 60 * 80).reshape(60, 80).astype(np.uint16)
+    clean = np.asarray(read_image(_png(tmp_path / "clean.png", Image.fromarray(arr))))[..., 0]
+    hot = np.asarray(read_image(_png(tmp_path / "hot.png", Image.fromarray(_hot(arr, 65535)))))[..., 0]
+    assert 120 < clean.mean() < 135
+    assert abs(float(hot.mean()) - float(clean.mean())) < 2  # min-max would give a mean near 4
+    assert hot[3, 7] == 255 and np.ptp(hot) == 255
+
+
+def test_one_hot_pixel_keeps_the_contrast_of_a_dicom_without_window(tmp_path: Path) -> None:
+    arr = np.linspace(1000, 2000, 60 * 80).reshape(60, 80).astype(np.uint16)
+    for photometric in ("MONOCHROME2", "MONOCHROME1"):
+        clean = np.asarray(read_image(_dicom(tmp_path / f"c{photometric}.dcm", arr, photometric=photometric)))
+        hot = np.asarray(
+            read_image(_dicom(tmp_path / f"h{photometric}.dcm", _hot(arr, 4095), photometric=photometric))
+        )
+        assert abs(float(hot[..., 0].mean()) - float(clean[..., 0].mean())) < 2, photometric
+        assert 110 < clean[..., 0].mean() < 145
+    # a dead pixel (0) is clipped in the same way
+    dead = np.asarray(read_image(_dicom(tmp_path / "dead.dcm", _hot(arr, 0))))[..., 0]
+    assert (
+        abs(float(dead.mean()) - float(np.asarray(read_image(tmp_path / "cMONOCHROME2.dcm"))[..., 0].mean()))
+        < 2
+    )
+
+
+def test_dicom_window_keeps_its_own_range(tmp_path: Path) -> None:
+    """Values that all lie inside the window are not stretched beyond it (PS3.3 C.11.2.1.2)."""
+    pixels = np.full((40, 64), 1800, dtype=np.uint16)
+    pixels[:, 32:] = 2300
+    out = np.asarray(read_image(_dicom(tmp_path / "inside.dcm", pixels, window=(2048, 1024))))[0, [0, 40], 0]
+    expected = _window(np.array([1800.0, 2300.0]), 2048, 1024)
+    assert np.abs(out - expected).max() <= 2  # min-max of the windowed values would give 0 and 255
+    inverted = np.asarray(
+        read_image(_dicom(tmp_path / "m1.dcm", pixels, photometric="MONOCHROME1", window=(2048, 1024)))
+    )[0, [0, 40], 0]
+    assert np.abs(inverted - (255 - expected)).max() <= 2
+
+
+def test_dicom_voi_lut_sequence_maps_the_lut_range(tmp_path: Path) -> None:
+    pixels = np.full((40, 64), 1024, dtype=np.uint16)
+    pixels[:, 32:] = 2048
+    lut = np.arange(4096) // 4  # entries 0..1023
+    path = _dicom(tmp_path / "lut.dcm", pixels, voi_lut=lut, window=(100, 10))  # the LUT wins over the window
+    out = np.asarray(read_image(path))[0, [0, 40], 0].astype(float)
+    assert np.abs(out - np.array([256, 512]) / 1023 * 255).max() <= 1
 
 
 def test_read_png_rgba_and_palette_become_rgb(tmp_path: Path) -> None:
@@ -405,6 +560,120 @@ def test_probe_errors(tmp_path: Path) -> None:
     with pytest.raises(ImageError) as info:
         probe_size(tmp_path / "junk.png")
     assert info.value.reason == "corrupt"
+
+
+# ---------------------------------------------------------------------------------------------
+# decompression bombs and other hostile input
+# ---------------------------------------------------------------------------------------------
+
+
+def _refused(call, path: Path, *, reason: str = "oversized", **kwargs) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning (or any other) escapes either
+        with pytest.raises(ImageError) as info:
+            call(path, **kwargs)
+    assert info.value.reason == reason and info.value.path == path and str(path) in str(info.value)
+    return str(info.value)
+
+
+def test_png_decompression_bomb_is_refused_from_its_header(tmp_path: Path) -> None:
+    bomb = _bomb_png(tmp_path / "bomb.png")
+    assert bomb.stat().st_size < 200_000
+    for call in (probe_size, read_image):
+        message = _refused(call, bomb)
+        assert "900,000,000 pixels" in message and f"{MAX_SOURCE_PIXELS:,}" in message and "fix:" in message
+    # between Pillow's warning and error thresholds (Pillow would only warn, then decode 100M pixels)
+    warn = _bomb_png(tmp_path / "warn.png", 10000, 10000)
+    for call in (probe_size, read_image):
+        assert "10000x10000 = 100,000,000 pixels" in _refused(call, warn)
+    with pytest.raises(ImageError) as info:
+        load_image(tmp_path, "warn.png")
+    assert info.value.reason == "oversized"
+
+
+def test_source_pixel_limit_is_configurable(tmp_path: Path) -> None:
+    path = _png(tmp_path / "g.png", _gray(64, 48))
+    assert "64x48 = 3,072 pixels, over the limit of 3,000" in _refused(
+        read_image, path, max_source_pixels=3000
+    )
+    _refused(probe_size, path, max_source_pixels=3000)
+    assert probe_size(path, max_source_pixels=3072) == (64, 48)
+    with pytest.raises(ImageError, match="over the limit of 3,000") as info:
+        load_image(tmp_path, "g.png", ImageBudget(max_source_pixels=3000))
+    assert info.value.reason == "oversized"
+    dicom = _dicom(tmp_path / "d.dcm", _dicom_pixels())  # 64x40 = 2,560 pixels
+    assert "64x40 = 2,560 pixels" in _refused(read_image, dicom, max_source_pixels=2000)
+    assert ImageBudget().max_source_pixels == MAX_SOURCE_PIXELS == 8192 * 8192
+    with pytest.raises(ValueError, match="max_source_pixels must be a positive integer"):
+        ImageBudget(max_source_pixels=0)
+
+
+def test_dicom_declaring_a_huge_image_is_refused_before_decoding(tmp_path: Path) -> None:
+    # 15000 x 15000 declared, 64 bytes of pixel data: refused from the header, not as a short file
+    huge = _deflated_dicom(tmp_path / "huge.dcm", 15000, 15000, pixels=bytes(64))
+    for call in (probe_size, read_image):
+        message = _refused(call, huge)
+        assert "15000x15000 = 225,000,000 pixels" in message and f"{MAX_SOURCE_PIXELS:,}" in message
+    # Rows x Columns x frames counts, whatever the transfer syntax
+    frames = _deflated_dicom(tmp_path / "frames.dcm", 3000, 3000, pixels=bytes(64), frames=10)
+    assert "3000x3000x10 frames = 90,000,000 pixels" in _refused(read_image, frames)
+    _refused(probe_size, frames)
+    plain = tmp_path / "plain.dcm"
+    ds = pydicom.dcmread(_dicom(plain, _dicom_pixels()))
+    ds.Rows, ds.Columns = 12000, 12000
+    ds.save_as(plain, enforce_file_format=True)
+    assert "12000x12000 = 144,000,000 pixels" in _refused(probe_size, plain)
+    _refused(read_image, plain)
+    # and the bytes the pixels decode to: 100x90 RGB at 32 bits is 108,000 bytes, over 8 per allowed pixel
+    wide = _deflated_dicom(tmp_path / "wide.dcm", 90, 100, pixels=bytes(64), bits=32, samples=3)
+    assert "108,000 bytes, over the limit of 80,000 bytes" in _refused(
+        read_image, wide, max_source_pixels=10_000
+    )
+
+
+def _peak_bytes(call, *args, **kwargs) -> int:
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(ImageError):
+            call(*args, **kwargs)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_deflated_dicom_bomb_is_never_inflated(tmp_path: Path) -> None:
+    # the issue's file: 15000x15000 declared and really present: ~440 KB on disk, 225 MB inflated
+    bomb = _deflated_dicom(tmp_path / "bomb.dcm", 15000, 15000, zeros=15000 * 15000, bits=8)
+    assert bomb.stat().st_size < 1_000_000
+    for call in (probe_size, read_image):
+        assert _peak_bytes(call, bomb) < 8 * 2**20, call.__name__
+        _refused(call, bomb)
+    # a small header hiding 64 MB of pixel data: the header passes, the pixel data is never inflated
+    liar = _deflated_dicom(tmp_path / "liar.dcm", 40, 64, zeros=64 * 2**20)
+    assert probe_size(liar) == (64, 40)
+    assert _peak_bytes(read_image, liar) < 16 * 2**20
+    assert "inflates to more than" in _refused(read_image, liar)
+
+
+def test_deflated_dicom_decodes_like_the_uncompressed_one(tmp_path: Path) -> None:
+    pixels = _dicom_pixels()
+    path = _deflated_dicom(tmp_path / "deflated.dcm", 40, 64, pixels=pixels.astype("<u2").tobytes())
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    assert np.array_equal(pydicom.dcmread(path).pixel_array, pixels)  # a valid file, as pydicom reads it
+    assert probe_size(path) == (64, 40)
+    expected = np.asarray(read_image(_dicom(tmp_path / "plain.dcm", pixels)))
+    assert np.array_equal(np.asarray(read_image(path)), expected)
+    data = path.read_bytes()
+    (tmp_path / "cut.dcm").write_bytes(data[: len(data) - 40])
+    assert _reason(tmp_path / "cut.dcm") == "corrupt"
+
+
+def test_a_nul_byte_in_a_row_path_is_a_clear_error(tmp_path: Path) -> None:
+    _png(tmp_path / "a.png", _gray())
+    for call in (resolve_under, load_image):
+        with pytest.raises(ImageError, match="contains a NUL byte") as info:
+            call(tmp_path, "a\0.png")
+        assert info.value.reason == "invalid path" and "fix:" in str(info.value)
 
 
 def test_image_error_reasons_are_closed() -> None:

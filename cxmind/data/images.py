@@ -7,16 +7,22 @@ processor would resize them, so that the processor's own resize is a no-op, toke
 advance, and grounding boxes can be mapped into the frame the model sees.
 
 Failures raise :class:`ImageError` with a short, stable ``reason`` ("missing", "corrupt", "undersized",
-"oversized", "escapes root", "unsupported format", "aspect ratio") so that validation can count and
-report them, and a message that names the file and the fix.
+"oversized", "escapes root", "unsupported format", "aspect ratio", "invalid path") so that validation
+can count and report them, and a message that names the file and the fix.
+
+Untrusted files are checked before their pixels are decoded: an image whose header declares more than
+``MAX_SOURCE_PIXELS`` pixels (PNG/JPEG width×height; DICOM Rows×Columns×frames, and its decoded bytes)
+is refused as "oversized", so a small decompression bomb cannot exhaust memory.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import struct
 import tempfile
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -30,7 +36,9 @@ from cxmind.data.schema import Box
 __all__ = [
     "DICOM_SUFFIXES",
     "IMAGE_ERROR_REASONS",
+    "MAX_SOURCE_PIXELS",
     "PIL_FORMATS",
+    "ROBUST_WINDOW_PERCENTILES",
     "ImageBudget",
     "ImageError",
     "PathEscapeError",
@@ -54,7 +62,21 @@ IMAGE_ERROR_REASONS: tuple[str, ...] = (
     "escapes root",
     "unsupported format",
     "aspect ratio",
+    "invalid path",
 )
+
+#: Most pixels a source image may declare before it is decoded (PNG/JPEG width×height, DICOM
+#: Rows×Columns×frames): 8192×8192, several times a full-resolution radiograph. Larger files are refused
+#: as "oversized" from their header, before any pixel is decoded (decompression bombs). DICOM pixel data
+#: may also decode to at most ``_BYTES_PER_PIXEL`` bytes per allowed pixel (16-bit RGBA, as PNG allows).
+#: Set per call with ``max_source_pixels`` (:func:`read_image`, :func:`probe_size`) or
+#: ``ImageBudget.max_source_pixels`` (:func:`load_image`, validation). Pillow's own hard limit (twice
+#: ``PIL.Image.MAX_IMAGE_PIXELS``) also applies.
+MAX_SOURCE_PIXELS: int = 8192 * 8192
+_BYTES_PER_PIXEL = 8
+#: Percentiles of the display window of 16-bit images that carry no window of their own: a few hot or
+#: dead pixels (burnt-in markers, detector defects) must not darken or wash out the whole image.
+ROBUST_WINDOW_PERCENTILES: tuple[float, float] = (0.5, 99.5)
 
 #: Raster formats decoded with PIL (``Image.format`` names); anything else is "unsupported format".
 PIL_FORMATS: tuple[str, ...] = ("PNG", "JPEG")
@@ -95,10 +117,18 @@ def resolve_under(root: str | os.PathLike[str], relative: str | os.PathLike[str]
 
     Absolute paths, ``..`` components that leave the root and symlinks (anywhere on the path) that point
     outside it raise :class:`PathEscapeError`: a data file must not make training read arbitrary files.
-    ``..`` and links that stay inside the root are fine. The file itself need not exist.
+    ``..`` and links that stay inside the root are fine. The file itself need not exist. A path with a
+    NUL byte (which no file system accepts) raises :class:`ImageError` with reason "invalid path".
     """
     rel = os.fspath(relative)
     root_path = Path(root)
+    if "\0" in str(rel):
+        raise ImageError(
+            f"image path {rel!r} contains a NUL byte, which no file name can hold; fix: correct the data "
+            "row's path (the data file is damaged or was written with a bug) or rebuild the data",
+            path=None,
+            reason="invalid path",
+        )
     fix = (
         "fix: write image paths relative to the image root without '..' or absolute prefixes, and keep "
         "symlinks inside the root (copy or link the files in, or declare the root that contains them)"
@@ -146,16 +176,19 @@ class ImageBudget:
 
     ``factor`` is the processor's ``patch_size * merge_size`` (28 for Qwen2.5-VL): resized sides are
     multiples of it and every ``factor``×``factor`` block becomes one ``<|image_pad|>`` token. Images
-    smaller than ``min_side`` on either side are refused as "undersized" (thumbnails, broken exports).
+    smaller than ``min_side`` on either side are refused as "undersized" (thumbnails, broken exports),
+    files declaring more than ``max_source_pixels`` as "oversized" before they are decoded.
     """
 
     min_pixels: int = 56 * 56
     max_pixels: int = 1024 * 28 * 28
     factor: int = 28
     min_side: int = 28
+    #: Most pixels a source file may declare before it is decoded (see ``MAX_SOURCE_PIXELS``).
+    max_source_pixels: int = MAX_SOURCE_PIXELS
 
     def __post_init__(self) -> None:
-        for name in ("min_pixels", "max_pixels", "factor", "min_side"):
+        for name in ("min_pixels", "max_pixels", "factor", "min_side", "max_source_pixels"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ImageBudget.{name} must be a positive integer, got {value!r}")
@@ -265,10 +298,32 @@ def _minmax_u8(arr: np.ndarray) -> np.ndarray:
     """Linearly stretch ``arr`` to 0..255 (a constant image becomes black)."""
     arr = np.asarray(arr, dtype=np.float32)
     lo, hi = float(arr.min()), float(arr.max())
+    return _linear_u8(arr, lo, hi)
+
+
+def _linear_u8(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``lo``..``hi`` mapped linearly onto 0..255, clipped (an empty or non-finite range gives black)."""
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
-        return np.zeros(arr.shape, dtype=np.uint8)
-    out = (arr - lo) * np.float32(255.0 / (hi - lo))
+        return np.zeros(np.shape(arr), dtype=np.uint8)
+    out = (np.asarray(arr, dtype=np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo))
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _robust_u8(arr: np.ndarray) -> np.ndarray:
+    """Window ``arr`` onto 0..255 between the ``ROBUST_WINDOW_PERCENTILES`` of its values.
+
+    A few extreme pixels (a burnt-in marker, a hot detector element) then cannot squeeze the anatomy
+    into a few grey levels, as a min-max stretch would. An image that is nearly constant between the
+    percentiles (a small object on a uniform background) falls back to its full range.
+    """
+    arr = np.asarray(arr, dtype=np.float32)
+    finite = arr if np.isfinite(arr).all() else arr[np.isfinite(arr)]
+    if finite.size == 0:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    lo, hi = (float(v) for v in np.percentile(finite, ROBUST_WINDOW_PERCENTILES))
+    if hi <= lo:
+        lo, hi = float(finite.min()), float(finite.max())
+    return _linear_u8(arr, lo, hi)
 
 
 def _gray_u8_to_rgb(gray: np.ndarray) -> Image.Image:
@@ -276,13 +331,13 @@ def _gray_u8_to_rgb(gray: np.ndarray) -> Image.Image:
 
 
 def _pil_to_rgb8(img: Image.Image) -> Image.Image:
-    """8-bit RGB; 16-bit/float grey is min-max stretched, transparency is composited over white.
+    """8-bit RGB; 16-bit/float grey gets a robust percentile window, transparency is composited over white.
 
     White matches transformers' and qwen-vl-utils' ``convert_rgb``, which Qwen2.5-VL was trained with.
     """
     mode = img.mode
     if mode in _SIXTEEN_BIT_MODES:
-        return _gray_u8_to_rgb(_minmax_u8(np.asarray(img)))
+        return _gray_u8_to_rgb(_robust_u8(np.asarray(img)))
     if mode == "RGB":
         return img
     if mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
@@ -292,24 +347,30 @@ def _pil_to_rgb8(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _read_pil(path: Path, head: bytes) -> Image.Image:
+def _too_large(path: Path, declared: str, limit: int) -> ImageError:
+    return ImageError(
+        f"image {path} is too large: {declared}, over the limit of {limit:,} pixels (MAX_SOURCE_PIXELS, "
+        "ImageBudget.max_source_pixels); refused before decoding; fix: downscale or re-export it, or drop "
+        "the row",
+        path=path,
+        reason="oversized",
+    )
+
+
+def _open_pil(path: Path, head: bytes, max_source_pixels: int) -> Image.Image:
+    """``Image.open`` (header only) with the format and the declared pixel count checked."""
     claimed = _claimed_format(path, head)
     try:
-        with Image.open(path) as img:
-            if img.format not in PIL_FORMATS:
-                raise ImageError(
-                    f"image {path} is {img.format}; supported formats are {', '.join(PIL_FORMATS)} and "
-                    "DICOM; fix: convert it to PNG",
-                    path=path,
-                    reason="unsupported format",
-                )
-            img.load()  # decode now: truncated and broken files fail here, not in a dataloader worker
-            return _pil_to_rgb8(img)
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as err:
+        with warnings.catch_warnings():  # Pillow warns above MAX_IMAGE_PIXELS; the check below refuses
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except Image.DecompressionBombError as err:  # over twice Pillow's limit
+        match = re.search(r"\((\d+) pixels\)", str(err))
+        if match and int(match.group(1)) > max_source_pixels:
+            raise _too_large(path, f"it declares {int(match.group(1)):,} pixels", max_source_pixels) from err
         raise ImageError(
-            f"image {path} is too large to decode safely ({err}); fix: downscale it",
+            f"image {path} is too large for Pillow ({err}); fix: downscale it, or raise "
+            "PIL.Image.MAX_IMAGE_PIXELS along with max_source_pixels",
             path=path,
             reason="oversized",
         ) from err
@@ -325,7 +386,32 @@ def _read_pil(path: Path, head: bytes) -> Image.Image:
             path=path,
             reason="corrupt",
         ) from err
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError) as err:
+    if img.format not in PIL_FORMATS:
+        img.close()
+        raise ImageError(
+            f"image {path} is {img.format}; supported formats are {', '.join(PIL_FORMATS)} and "
+            "DICOM; fix: convert it to PNG",
+            path=path,
+            reason="unsupported format",
+        )
+    width, height = img.size
+    if width * height > max_source_pixels:
+        img.close()
+        raise _too_large(path, f"{width}x{height} = {width * height:,} pixels", max_source_pixels)
+    return img
+
+
+_PIL_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError)
+
+
+def _read_pil(path: Path, head: bytes, max_source_pixels: int) -> Image.Image:
+    try:
+        with _open_pil(path, head, max_source_pixels) as img:
+            img.load()  # decode now: truncated and broken files fail here, not in a dataloader worker
+            return _pil_to_rgb8(img)
+    except ImageError:
+        raise
+    except _PIL_DECODE_ERRORS as err:
         raise ImageError(
             f"image {path} cannot be decoded ({type(err).__name__}: {err}); it is probably truncated or "
             "damaged; fix: re-download or re-export it",
@@ -334,21 +420,173 @@ def _read_pil(path: Path, head: bytes) -> Image.Image:
         ) from err
 
 
-def _read_dicom(path: Path) -> Image.Image:
-    import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+# DICOM -----------------------------------------------------------------------------------------
 
-    def corrupt(detail: str) -> ImageError:
-        return ImageError(
-            f"DICOM {path} {detail}; fix: re-download or re-export it", path=path, reason="corrupt"
+_DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the whole data set is zlib'd
+_MAX_DICOM_HEADER_BYTES = 16 * 1024 * 1024  # inflated header bytes read before the pixel data
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # (Float/Double Float) Pixel Data
+
+
+def _dicom_corrupt(path: Path, detail: str) -> ImageError:
+    return ImageError(f"DICOM {path} {detail}; fix: re-download or re-export it", path=path, reason="corrupt")
+
+
+def _inflate(fh: Any, inflater: Any, into: bytearray, limit: int) -> bool:
+    """Inflate from ``fh`` into ``into`` until it holds ``limit`` bytes; True when the stream ended."""
+    while len(into) < limit:
+        if inflater.unconsumed_tail:
+            chunk = inflater.unconsumed_tail
+        else:
+            chunk = fh.read(1 << 16)
+            if not chunk:
+                return True  # end of file (a truncated stream shows up when the data set is parsed)
+        into += inflater.decompress(chunk, limit - len(into))
+        if inflater.eof:
+            return True
+    return bool(inflater.eof)
+
+
+def _check_dicom_header(path: Path, ds: Any, max_source_pixels: int) -> tuple[int, int, int]:
+    """Rows, Columns and bytes of pixel data a DICOM header declares, refused when over the limits."""
+    try:
+        rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+        frames = int(ds.get("NumberOfFrames") or 1)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+        bits = int(ds.get("BitsAllocated") or 16)
+    except (TypeError, ValueError) as err:
+        raise _dicom_corrupt(path, f"has an invalid image size header ({err})") from err
+    if rows < 1 or cols < 1:
+        raise _dicom_corrupt(path, "has no Rows/Columns")
+    if frames < 1 or samples < 1 or not (bits == 1 or (bits % 8 == 0 and bits <= 64)):
+        raise _dicom_corrupt(
+            path, f"declares {frames} frames of {samples} samples of {bits} bits allocated per pixel"
         )
+    pixels = rows * cols * frames
+    frames_text = f"x{frames} frames" if frames > 1 else ""
+    if pixels > max_source_pixels:
+        declared = f"its header declares {cols}x{rows}{frames_text} = {pixels:,} pixels"
+        raise _too_large(path, declared, max_source_pixels)
+    n_bytes = (pixels * samples * bits + 7) // 8
+    if n_bytes > _BYTES_PER_PIXEL * max_source_pixels:
+        raise ImageError(
+            f"image {path} is too large: its header declares {cols}x{rows}{frames_text} pixels of "
+            f"{samples} samples x {bits} bits = {n_bytes:,} bytes, over the limit of "
+            f"{_BYTES_PER_PIXEL * max_source_pixels:,} bytes ({_BYTES_PER_PIXEL} per allowed pixel), refused "
+            "before decoding; fix: downscale or re-export it, or drop the row",
+            path=path,
+            reason="oversized",
+        )
+    return rows, cols, n_bytes
+
+
+def _dicom_dataset(path: Path, *, pixels: bool, max_source_pixels: int) -> Any:
+    """A DICOM data set whose declared image size was checked before its pixel data was read.
+
+    With ``pixels=False`` only the header is read. Deflated files are inflated incrementally: the header
+    first, and then only as many bytes as the declared image needs, so a tiny file that inflates to
+    gigabytes is refused instead of being expanded in memory (pydicom inflates the whole file at once).
+    """
+    import pydicom
+    from pydicom.filereader import _read_file_meta_info, read_preamble
 
     try:
-        ds = pydicom.dcmread(path, force=True)
-    except Exception as err:  # pydicom raises many types on damaged headers
-        raise corrupt(f"cannot be parsed ({type(err).__name__}: {err})") from err
+        with path.open("rb") as fh:
+            preamble = read_preamble(fh, True)
+            meta = _read_file_meta_info(fh)
+            if str(meta.get("TransferSyntaxUID", "")) == _DEFLATED:
+                return _read_deflated(path, fh, preamble, meta, pixels, max_source_pixels)
+    except ImageError:
+        raise
+    except Exception as err:  # pydicom and zlib raise many types on damaged files
+        raise _dicom_corrupt(path, f"cannot be parsed ({type(err).__name__}: {err})") from err
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception as err:
+        raise _dicom_corrupt(path, f"cannot be parsed ({type(err).__name__}: {err})") from err
+    _check_dicom_header(path, header, max_source_pixels)
+    if not pixels:
+        return header
+    try:  # not deflated: reading the pixel data is bounded by the file's size
+        return pydicom.dcmread(path, force=True)
+    except Exception as err:
+        raise _dicom_corrupt(path, f"cannot be parsed ({type(err).__name__}: {err})") from err
+
+
+def _read_deflated(
+    path: Path, fh: Any, preamble: Any, meta: Any, pixels: bool, max_source_pixels: int
+) -> Any:
+    from pydicom.dataset import FileDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+
+    reached = False
+
+    def at_pixels(tag: Any, vr: Any, length: Any) -> bool:
+        nonlocal reached
+        reached = int(tag) in _PIXEL_TAGS
+        return reached
+
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflated = bytearray()
+    size = 1 << 16
+    while True:  # inflate a little more until the header has been read up to the pixel data
+        ended = _inflate(fh, inflater, inflated, size)
+        buffer = DicomBytesIO(bytes(inflated))
+        reached, failure = False, None
+        try:
+            header = read_dataset(buffer, False, True, stop_when=at_pixels)
+        except Exception as err:  # a header cut off by the prefix, or a damaged one
+            failure = err
+        if reached or ended or size >= _MAX_DICOM_HEADER_BYTES:
+            break
+        size *= 4
+    if failure is not None:
+        raise failure
+    _rows, _cols, n_bytes = _check_dicom_header(path, header, max_source_pixels)
+    if not pixels:
+        return header
+    limit = buffer.tell() + 12 + n_bytes + (1 << 20)  # header, pixel data, room for trailing elements
+    if not ended and not _inflate(fh, inflater, inflated, limit):
+        raise ImageError(
+            f"image {path} is too large: its deflated data inflates to more than {limit:,} bytes, more "
+            "than the image its header declares; refused before decoding; fix: re-export it, or drop the row",
+            path=path,
+            reason="oversized",
+        )
+    dataset = read_dataset(DicomBytesIO(bytes(inflated)), False, True)
+    return FileDataset(str(path), dataset, preamble, meta, False, True)
+
+
+def _voi_u8(values: np.ndarray, ds: Any) -> np.ndarray | None:
+    """The file's VOI LUT or window applied and mapped onto 0..255; ``None`` when it has neither.
+
+    The output range of the LUT/window (not of this image's values) maps to 0..255, so the window keeps
+    its meaning: an image whose values all lie inside the window is not stretched beyond it.
+    """
+    from pydicom.pixels import apply_voi_lut
+
+    sequence = ds.get("VOILUTSequence")
+    item = sequence[0] if sequence else None
+    has_lut = item is not None and item.get("LUTDescriptor") is not None and item.get("LUTData") is not None
+    has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
+    if not (has_lut or has_window):
+        return None
+    out = apply_voi_lut(values, ds, index=0)
+    if has_lut:
+        entries, first = int(item.LUTDescriptor[0]) or 1 << 16, int(item.LUTDescriptor[1])
+        ends = apply_voi_lut(np.arange(first, first + entries), ds, index=0)  # every LUT output value
+    else:  # pydicom maps below/above the window to the output range's ends
+        with np.errstate(over="ignore"):
+            ends = apply_voi_lut(np.array([-1e30, 1e30]), ds, index=0)
+    return _linear_u8(out, float(np.min(ends)), float(np.max(ends)))
+
+
+def _read_dicom(path: Path, max_source_pixels: int) -> Image.Image:
+    from pydicom.pixels import apply_modality_lut
+
+    ds = _dicom_dataset(path, pixels=True, max_source_pixels=max_source_pixels)
     if "PixelData" not in ds:
-        raise corrupt("has no pixel data")
+        raise _dicom_corrupt(path, "has no pixel data")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         raise ImageError(
@@ -367,9 +605,9 @@ def _read_dicom(path: Path) -> Image.Image:
                 path=path,
                 reason="unsupported format",
             ) from err
-        raise corrupt(f"pixel data cannot be decoded ({err})") from err
+        raise _dicom_corrupt(path, f"pixel data cannot be decoded ({err})") from err
     except Exception as err:
-        raise corrupt(f"pixel data cannot be decoded ({type(err).__name__}: {err})") from err
+        raise _dicom_corrupt(path, f"pixel data cannot be decoded ({type(err).__name__}: {err})") from err
 
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # colour: pydicom already converted YBR to RGB
@@ -383,61 +621,55 @@ def _read_dicom(path: Path) -> Image.Image:
         )
     try:
         values = apply_modality_lut(arr, ds)
-        values = apply_voi_lut(values, ds, index=0)  # the file's window, when it has one
+        gray = _voi_u8(values, ds)  # the file's window, when it has one
     except Exception as err:
-        raise corrupt(f"has an invalid modality/VOI LUT or window ({type(err).__name__}: {err})") from err
-    gray = _minmax_u8(values)
+        raise _dicom_corrupt(
+            path, f"has an invalid modality/VOI LUT or window ({type(err).__name__}: {err})"
+        ) from err
+    if gray is None:  # no window: 8-bit values are shown as stored, deeper ones get a robust window
+        gray = values if values.dtype == np.uint8 else _robust_u8(values)
     if photometric == "MONOCHROME1":  # MONOCHROME1: low values are white
         gray = 255 - gray
     return _gray_u8_to_rgb(gray)
 
 
-def read_image(path: str | os.PathLike[str]) -> Image.Image:
+def read_image(path: str | os.PathLike[str], *, max_source_pixels: int = MAX_SOURCE_PIXELS) -> Image.Image:
     """Decode a PNG, JPEG or DICOM file into an 8-bit RGB image.
 
-    16-bit greyscale is min-max stretched to 8 bits; palette and transparent images become RGB; DICOM
-    pixel values go through the modality LUT and the file's VOI LUT/window, MONOCHROME1 is inverted so
-    that bone is always bright. Orientation is the stored pixel order (EXIF rotation is not applied),
-    the frame that dataset boxes refer to.
+    A file declaring more than ``max_source_pixels`` pixels is refused as "oversized" before decoding.
+    DICOM pixel values go through the modality LUT and the file's VOI LUT or window (its output range
+    maps to 0..255); MONOCHROME1 is inverted so that bone is always bright. 16-bit greyscale without a
+    window (PNG, DICOM) is windowed between the ``ROBUST_WINDOW_PERCENTILES`` of its values, so a few hot
+    pixels do not darken it; 8-bit grey is kept as stored. Palette and transparent images become RGB.
+    Orientation is the stored pixel order (EXIF rotation is not applied), the frame that dataset boxes
+    refer to.
     """
     p = Path(path)
     head = _check_file(p)
     if _is_dicom(p, head):
-        return _read_dicom(p)
-    return _read_pil(p, head)
+        return _read_dicom(p, max_source_pixels)
+    return _read_pil(p, head, max_source_pixels)
 
 
-def probe_size(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """``(width, height)`` of an image from its header only (no pixel decoding; cheap for validation)."""
+def probe_size(
+    path: str | os.PathLike[str], *, max_source_pixels: int = MAX_SOURCE_PIXELS
+) -> tuple[int, int]:
+    """``(width, height)`` of an image from its header only (no pixel decoding; cheap for validation).
+
+    Files declaring more than ``max_source_pixels`` pixels are refused as "oversized", as by
+    :func:`read_image`; truncated pixel data is not noticed (only :func:`read_image` decodes it).
+    """
     p = Path(path)
     head = _check_file(p)
     if _is_dicom(p, head):
-        import pydicom
-
-        try:
-            ds = pydicom.dcmread(p, stop_before_pixels=True, force=True)
-            rows, cols = ds.get("Rows"), ds.get("Columns")
-        except Exception as err:
-            raise ImageError(
-                f"DICOM {p} header cannot be parsed ({type(err).__name__}: {err}); fix: re-download it",
-                path=p,
-                reason="corrupt",
-            ) from err
-        if not rows or not cols:
-            raise ImageError(f"DICOM {p} has no Rows/Columns; fix: re-export it", path=p, reason="corrupt")
-        return int(cols), int(rows)
+        ds = _dicom_dataset(p, pixels=False, max_source_pixels=max_source_pixels)
+        return int(ds.Columns), int(ds.Rows)
     try:
-        with Image.open(p) as img:
-            if img.format not in PIL_FORMATS:
-                raise ImageError(
-                    f"image {p} is {img.format}; supported formats are {', '.join(PIL_FORMATS)} and DICOM",
-                    path=p,
-                    reason="unsupported format",
-                )
+        with _open_pil(p, head, max_source_pixels) as img:
             return img.size
     except ImageError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error) as err:
+    except _PIL_DECODE_ERRORS as err:
         reason = "corrupt" if _claimed_format(p, head) else "unsupported format"
         raise ImageError(
             f"image {p} header cannot be read ({type(err).__name__}: {err}); fix: re-download or convert it",
@@ -455,7 +687,7 @@ def load_image(
     :func:`transform_box` match what the model sees. Bicubic, as the processor resamples.
     """
     path = resolve_under(root, relative)
-    image = read_image(path)
+    image = read_image(path, max_source_pixels=budget.max_source_pixels)
     width, height = image.size
     if width < budget.min_side or height < budget.min_side:
         raise ImageError(
