@@ -290,3 +290,20 @@ def test_vllm_context_is_sized_for_the_longest_prompt(
     assert engine["enable_lora"] is False and "max_lora_rank" not in engine
     assert results["metrics"]["overall"]  # scored; the eos vLLM stopped on is not counted
     assert {line["n_tokens"] for line in _lines(tmp_path / "eval" / "predictions.jsonl")} == {2}
+
+
+def test_report_metrics_come_with_the_most_frequent_train_report_as_baseline(
+    records_dir, model_dir, backend, tmp_path
+):
+    from collections import Counter
+
+    from cxmind.data.records import load_records
+
+    results = evaluate(_config(model_dir, records_dir, tmp_path / "eval"), progress=False)
+    constant = results["metrics"]["baselines"]["constant_report"]
+    train = load_records(records_dir, "train", decode_images=False)
+    for task in ("report_impression", "report_findings"):
+        counts = Counter(r["answer"] for r in train if r["task"] == task)
+        top = max(counts.values())
+        assert counts[constant[task]] == top  # the commonest train report (not one from the test split)
+        assert "ce_f1" in results["metrics"]["baselines"]["by_task"][task]

@@ -392,6 +392,7 @@ def evaluate(config: EvalConfig, *, progress: bool = True) -> dict[str, Any]:
         n_bootstrap=config.n_bootstrap,
         seed=config.generation.seed,
         bertscore_model=config.bertscore_model,
+        baseline_report=_train_report_baselines(config, scored),
     )
     settings = asdict(config)
     settings["data"], settings["out"] = str(config.data), str(config.out)
@@ -417,3 +418,19 @@ def evaluate(config: EvalConfig, *, progress: bool = True) -> dict[str, Any]:
         max_samples=config.html_samples,  # each card embeds its thumbnail: keep the page loadable
     )
     return results
+
+
+def _train_report_baselines(config: EvalConfig, scored: list[dict[str, Any]]) -> dict[str, str] | None:
+    """The most frequent *train* report per evaluated report task: the constant-report baseline
+    printed beside the model's report metrics (a model must beat repeating the commonest report)."""
+    from cxmind.data.records import load_records
+    from cxmind.eval.metrics import baseline_reports
+
+    tasks = {row["task"] for row in scored if row.get("task_type") == "report"}
+    if not tasks or config.split == "train":
+        return None
+    try:
+        train = load_records(config.data, "train", decode_images=False)
+    except (FileNotFoundError, ValueError, KeyError):
+        return None  # a record set without a train split: aggregate notes the missing baseline
+    return baseline_reports(row for row in train.filter(lambda r: r["task"] in tasks))
