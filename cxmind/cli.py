@@ -15,6 +15,7 @@ class UsageError(Exception):
 
 
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
+    from cxmind.data.audit import add_parser as add_audit_parser
     from cxmind.data.schema import TASKS
 
     data = sub.add_parser("data", help="build and validate training records from public CXR datasets")
@@ -45,6 +46,13 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--seed", type=int, default=0, help="seed for splits, distractors and wording")
     b.add_argument("--limit", type=int, default=None, help="read at most this many studies per source")
     b.add_argument("--choices", type=int, default=4, help="options of single/multi-choice questions")
+    b.add_argument(
+        "--balance",
+        choices=("answers", "none"),
+        default="answers",
+        help="answers (default): closed answers equally likely per question stem, so guessing without the "
+        "image stays at chance; none: natural label prevalence",
+    )
     b.add_argument("--split-fractions", default="0.8,0.1,0.1", help="train,validation,test patient fractions")
     b.add_argument("--min-pixels", type=int, default=None, help="image budget: minimum pixels after resizing")
     b.add_argument("--max-pixels", type=int, default=None, help="image budget: maximum pixels after resizing")
@@ -84,6 +92,8 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     )
     depth.add_argument("--decode", action="store_true", help="decode every image fully (the default)")
     v.add_argument("--no-progress", action="store_true")
+
+    add_audit_parser(data_sub)
 
     h = data_sub.add_parser(
         "push",
@@ -334,7 +344,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _data_build(args: argparse.Namespace) -> int:
-    from cxmind.data.build import BuildConfig, build, parse_source_spec
+    from cxmind.data.build import BuildConfig, build, parse_source_specs
     from cxmind.data.tasks import TaskConfig
 
     try:
@@ -349,9 +359,11 @@ def _data_build(args: argparse.Namespace) -> int:
         )
     tasks = _task_list(args.tasks)
     config = BuildConfig(
-        sources=[parse_source_spec(s, args.source_option) for s in args.source],
+        sources=parse_source_specs(args.source, args.source_option),
         out=args.out,
-        task=TaskConfig(tasks=tasks, choices=args.choices, budget=_budget(args), seed=args.seed),
+        task=TaskConfig(
+            tasks=tasks, choices=args.choices, budget=_budget(args), seed=args.seed, balance=args.balance
+        ),
         split_fractions=fractions,  # type: ignore[arg-type]
         limit=args.limit,
         materialize_images=args.materialize_images,
@@ -382,6 +394,12 @@ def _data_validate(args: argparse.Namespace) -> int:
     print(report.table())
     print(f"rejects: {args.records / 'validate.rejects.jsonl'}")
     return 0
+
+
+def _data_audit(args: argparse.Namespace) -> int:
+    from cxmind.data.audit import run
+
+    return run(args)
 
 
 def _data_push(args: argparse.Namespace) -> int:
@@ -482,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
             handler = {
                 "build": _data_build,
                 "validate": _data_validate,
+                "audit": _data_audit,
                 "push": _data_push,
                 "teach": _data_teach,
                 "phantom": _data_phantom,

@@ -32,10 +32,12 @@ __all__ = [
     "Finding",
     "ancestors",
     "canonical",
+    "descendants",
     "implied",
     "is_known",
     "lookup_key",
     "not_absent",
+    "resolve_labels",
     "synonyms_of",
 ]
 
@@ -356,7 +358,7 @@ PARENT: MappingProxyType[str, str] = MappingProxyType(
     {
         "Edema": "Lung Opacity",
         "Consolidation": "Lung Opacity",
-        "Pneumonia": "Consolidation",
+        "Pneumonia": "Lung Opacity",
         "Atelectasis": "Lung Opacity",
         "Lung Lesion": "Lung Opacity",
         "Infiltration": "Lung Opacity",
@@ -381,6 +383,7 @@ RELATED: frozenset[frozenset[str]] = frozenset(
         ("Pleural Thickening", "Pleural Effusion"),
         ("Pleural Other", "Pleural Thickening"),
         ("Pneumonia", "Infiltration"),
+        ("Pneumonia", "Consolidation"),  # CheXpert draws pneumonia under consolidation; NIH labels both apart
         ("Consolidation", "Infiltration"),
         ("Interstitial Pattern", "Interstitial Lung Disease"),
         ("Interstitial Pattern", "Edema"),
@@ -402,8 +405,8 @@ RELATED: frozenset[frozenset[str]] = frozenset(
 def ancestors(name: str) -> tuple[str, ...]:
     """The findings a present ``name`` implies, nearest first.
 
-    >>> ancestors("Pneumonia")
-    ('Consolidation', 'Lung Opacity')
+    >>> ancestors("Nodule")
+    ('Lung Lesion', 'Lung Opacity')
     """
     out: list[str] = []
     current = PARENT.get(canonical(name))
@@ -439,3 +442,37 @@ def not_absent(positives: Iterable[str]) -> set[str]:
     present = implied(positives)
     related = {other for pair in RELATED if pair & present for other in pair}
     return present | related
+
+
+def descendants(name: str) -> tuple[str, ...]:
+    """The findings ``name`` covers: an absent parent means each of them is absent too.
+
+    >>> descendants("Lung Lesion")
+    ('Mass', 'Nodule', 'Nodule/Mass', 'Lung Tumor', 'Lung Cavity', 'Lung Cyst')
+    """
+    key = canonical(name)
+    return tuple(child for child in PARENT if key in ancestors(child))
+
+
+def resolve_labels(
+    positives: Iterable[str], negatives: Iterable[str], label_space: Iterable[str] = ()
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Positives and negatives made consistent with the hierarchy, within what the source labels.
+
+    A present finding makes its parents present (those in ``label_space``; a source that does not
+    label a parent does not get it) and is never negated, nor is any finding related to it; an
+    explicitly absent parent makes its labelled children absent. Order follows the inputs.
+
+    >>> resolve_labels(["Edema"], ["Lung Opacity", "Pneumothorax"], ["Edema", "Lung Opacity", "Pneumothorax"])
+    (('Edema', 'Lung Opacity'), ('Pneumothorax',))
+    >>> resolve_labels([], ["Lung Opacity"], ["Edema", "Lung Opacity"])
+    ((), ('Lung Opacity', 'Edema'))
+    """
+    pos = list(dict.fromkeys(canonical(p) for p in positives))
+    space = {canonical(x) for x in label_space} | set(pos) | {canonical(n) for n in negatives}
+    pos += [p for p in sorted(implied(pos) - set(pos), key=list(PARENT.values()).index) if p in space]
+    blocked = not_absent(pos)
+    neg = {n: None for n in (canonical(n) for n in negatives) if n not in blocked}
+    for n in list(neg):
+        neg.update((c, None) for c in descendants(n) if c in space and c not in blocked)
+    return tuple(pos), tuple(neg)

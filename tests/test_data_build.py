@@ -10,7 +10,7 @@ import pytest
 
 from cxmind.cli import main
 from cxmind.data import load_records
-from cxmind.data.build import BuildConfig, SourceSpec, build, parse_source_spec
+from cxmind.data.build import BuildConfig, SourceSpec, build, parse_source_spec, parse_source_specs
 from cxmind.data.images import ImageBudget, PathEscapeError
 from cxmind.data.phantom import write_phantom_dataset
 from cxmind.data.schema import TASKS
@@ -212,6 +212,22 @@ def test_cli_errors_name_the_fix(tmp_path, capsys):
     assert parse_source_spec("chexpert=/x", ["chexpert.uncertain=positive", "nih.a=1"]).options == {
         "uncertain": "positive"
     }
+
+
+def test_a_source_option_for_no_source_being_built_is_an_error(tmp_path, capsys):
+    with pytest.raises(
+        ValueError, match=r"'nhi' is not a source being built \(nih\); valid sources: .*chexpert"
+    ):
+        parse_source_specs(["nih=/x"], ["nhi.foo=1"])
+    with pytest.raises(ValueError, match="'chexpert' is not a source being built"):
+        parse_source_specs(["nih=/x"], ["chexpert.uncertain=positive"])
+    nih, chexpert = parse_source_specs(["nih=/x", "CheXpert=/y"], ["chexpert.uncertain=positive"])
+    assert nih.options == {} and chexpert.options == {"uncertain": "positive"}
+    args = ["data", "build", "--source", f"phantom={tmp_path}", "--out", str(tmp_path / "o")]
+    assert main([*args, "--source-option", "phantm.seed=1"]) == 2
+    err = capsys.readouterr().err
+    assert "'phantm' is not a source being built (phantom)" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_cli_help_runs_as_a_command():

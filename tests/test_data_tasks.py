@@ -1,13 +1,14 @@
 """Task builders and gold traces: every task of the taxonomy from a study, each trace passing the filter."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from cxmind.data.schema import TASKS, Box, Report, Study
 from cxmind.data.splits import assign_split, patient_splits
-from cxmind.data.tasks import TaskBuilder, TaskConfig
-from cxmind.data.traces import check_trace, finding_evidence, report_sentences
+from cxmind.data.tasks import TaskBuilder, TaskConfig, study_labels
+from cxmind.data.traces import check_record, finding_evidence, report_sentences
 from cxmind.format import option_letter, parse
 from cxmind.rewards import score
 from cxmind.vocab import CHEXPERT_14, NO_FINDING
@@ -33,6 +34,8 @@ def study(positives=("Cardiomegaly", "Pleural Effusion"), sid="s2", order=1, **k
             indication="Shortness of breath.",
         ),
         order=order,
+        normal=not positives,
+        label_space=(*SPACE, NO_FINDING),
     )
     defaults.update(kw)
     return Study(**defaults)
@@ -40,7 +43,8 @@ def study(positives=("Cardiomegaly", "Pleural Effusion"), sid="s2", order=1, **k
 
 def build_all(s, **kw):
     builder = TaskBuilder(TaskConfig(seed=0))
-    other = ("p9", Report(findings="Normal heart. Lungs clear."), ())
+    normal = study(positives=(), sid="s9", patient_id="p9")
+    other = ("p9", Report(findings="Normal heart. Lungs clear."), study_labels(normal))
     return builder.build(s, "train", other_report=other, **kw)
 
 
@@ -70,13 +74,15 @@ def test_building_is_deterministic_and_seed_dependent():
 
 
 def test_single_choice_distractors_are_known_absent_findings():
+    # Cardiomegaly implies an enlarged cardiomediastinum (the CheXpert hierarchy): both are present.
+    present = ("Cardiomegaly", "Pleural Effusion", "Enlarged Cardiomediastinum")
     for sid in range(30):
         records, _ = TaskBuilder(TaskConfig(seed=0)).build(study(sid=f"s{sid}"), "train")
         (single,) = [r for r in records if r.task == "disease_single_choice"]
         names = [o.split(") ", 1)[1] for o in single.options]
         gold = names["ABCD".index(single.answer)]
-        assert gold in ("Cardiomegaly", "Pleural Effusion")
-        assert all(n not in ("Cardiomegaly", "Pleural Effusion") for n in names if n != gold)
+        assert gold in present
+        assert all(n not in present for n in names if n != gold)
 
 
 def test_normal_study_answers_no_finding():
@@ -94,8 +100,8 @@ def test_open_lists_every_positive_and_some_distractors():
     (open_,) = [r for r in records if r.task == "disease_open"]
     differential = parse(open_.solution).rounds[0].answer
     assert "Cardiomegaly" in differential and "Pleural Effusion" in differential
-    assert set(open_.answer.split(", ")) == {"Cardiomegaly", "Pleural Effusion"}
-    assert len(parse(open_.solution).rounds) == 2 + 2 + 2  # differential, 2 positives, 2 distractors, final
+    assert set(open_.answer.split(", ")) == {"Cardiomegaly", "Pleural Effusion", "Enlarged Cardiomediastinum"}
+    assert len(parse(open_.solution).rounds) == 2 + 3 + 2  # differential, 3 positives, 2 distractors, final
 
 
 def test_traces_cite_report_sentences_with_the_right_polarity():
@@ -147,14 +153,28 @@ def test_view_position_and_image_text_matching():
     assert by_task["report_findings_with_indication"].question.startswith("Indication: Shortness of breath.")
 
 
-def test_filter_names_why_a_trace_falls_short():
-    assert check_trace("<think>x</think><answer>A) ✅</answer>", "closed") == "trace format"
-    inconsistent = "<think>a</think><answer>A) ✅</answer><think>b</think><answer>B) ✅</answer>"
-    inconsistent += "<think>s</think><answer>B) ✅</answer>"
-    assert check_trace(inconsistent, "closed") == "trace process"
-    assert check_trace("<think>a</think><answer>x</answer><think>b</think><answer>y</answer>", "closed") == (
-        "trace outcome"
-    )
+def test_check_record_names_how_a_trace_contradicts_the_labels():
+    records, _ = build_all(study())
+    by_task = {r.task: r for r in records}
+    labels = study_labels(study())
+    assert all(check_record(r, labels) is None for r in records)
+    single = by_task["disease_single_choice"]
+    gold = "ABCD".index(single.answer)
+    wrong = "ABCD"[(gold + 1) % 4]
+    # the same trace, but a study where the gold finding is absent
+    absent = study_labels(study(positives=("Pneumothorax",)))
+    assert "gold option" in check_record(single, absent)
+    # a rejected positive in an open trace
+    open_ = by_task["disease_open"]
+    flipped = open_.solution.replace("Cardiomegaly ✅", "Cardiomegaly ❌")
+    assert "rejects Cardiomegaly" in check_record(replace(open_, solution=flipped), labels)
+    # a closed trace that accepts two options
+    two = single.solution.replace(f"{wrong}) ❌", f"{wrong}) ✅")
+    assert "accepts" in check_record(replace(single, solution=two), labels)
+    # a normality claim on a study the source does not call normal
+    rsna = study(positives=(), negatives=("Pneumonia",), normal=False, label_space=("Pneumonia",))
+    claim = open_.solution.replace("Summary:", "Summary: the study is normal.")
+    assert "normal" in check_record(replace(open_, solution=claim), study_labels(rsna))
 
 
 def test_builder_rejects_records_whose_trace_fails_the_filter(monkeypatch):
@@ -168,7 +188,8 @@ def test_builder_rejects_records_whose_trace_fails_the_filter(monkeypatch):
         study(), "train"
     )
     assert [r.task for r in records] == ["disease_open"]
-    assert [(r.id, r.reason) for r in rejects] == [("nih/s2/disease_binary", "trace format")]
+    assert [(r.id, r.reason) for r in rejects] == [("nih/s2/disease_binary", "contradictory trace")]
+    assert "malformed trace" in rejects[0].detail
 
 
 def test_unknown_task_is_a_clear_error():

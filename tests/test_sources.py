@@ -73,7 +73,7 @@ def test_registry_lists_every_source_and_builds_them(tmp_path):
         "vindr",
     ]
     assert all(cls.name == name for name, cls in SOURCES.items())
-    assert source_options("chexpert") == {"uncertain": "ignore", "blank": "negative"}
+    assert source_options("chexpert") == {"uncertain": "ignore", "blank": "ignore"}
     assert source_options("vindr") == {"merge": "majority", "probe_size": True}
     source = get_source("MIMIC", MIMIC_FIXTURE, labeler="negbio")
     assert source.name == "mimic" and source.labeler == "negbio"
@@ -273,7 +273,7 @@ def chexpert_expected(first_rows: pd.DataFrame, uncertain: str, blank: str) -> t
 def test_chexpert_uncertain_and_blank_policies(
     chexpert_root, chexpert, chexpert_first_rows, uncertain, blank
 ):
-    if (uncertain, blank) == ("ignore", "negative"):
+    if (uncertain, blank) == ("ignore", "ignore"):  # the defaults
         studies = chexpert
     else:
         studies = list(get_source("chexpert", chexpert_root, uncertain=uncertain, blank=blank).studies())
@@ -290,6 +290,12 @@ def test_chexpert_uncertain_and_blank_policies(
         ("ignore", "ignore"): (435642, 9306, 7591),
     }
     assert (positives, normal, unlabelled) == expected[(uncertain, blank)]
+    # Only "No Finding" = 1 makes a study normal; blanks read as negatives are marked as assumed.
+    values = chexpert_first_rows[list(CHEXPERT_13)].to_numpy(dtype=float)
+    any_positive = ((values == 1) | ((values == -1) & (uncertain == "positive"))).any(axis=1)
+    no_finding = (chexpert_first_rows["No Finding"] == 1).to_numpy()
+    assert sum(s.normal for s in train) == int((no_finding & ~any_positive).sum())
+    assert all(not s.assumed_negatives for s in train) == (blank == "ignore")
 
 
 def test_chexpert_normal_means_no_finding_or_every_label_resolved(chexpert):
@@ -730,7 +736,9 @@ def test_mimic_fixture_round_trip():
         "files/p10/p10000001/s50000011/a9e4b1c0-4d2f7e88-19b6c3a5-e07d2f64-8b1a9c33.jpg",
     )
     assert first.view == "PA" and first.image_size == (2544, 3056) and first.split == "train"
-    assert first.positives == () and first.negatives == CHEXPERT_13
+    # No Finding = 1: the pathologies are negative and the study is normal; Support Devices stays blank
+    assert first.positives == () and first.negatives == tuple(n for n in CHEXPERT_13 if n != "Support Devices")
+    assert first.normal and first.assumed_negatives == ()
     assert first.report.impression == "No acute cardiopulmonary process."
     assert first.report.indication.startswith("___ year old woman with two days of cough")
     assert first.report.findings.endswith("No acute osseous abnormality is seen.")

@@ -10,6 +10,7 @@ from cxmind.vocab import (
     canonical,
     is_known,
     lookup_key,
+    resolve_labels,
     synonyms_of,
 )
 
@@ -65,3 +66,25 @@ def test_torchxrayvision_label_names_are_known():
     names = set(xrv.datasets.default_pathologies)
     unknown = sorted(n for n in names if not is_known(n))
     assert unknown == []
+
+
+def test_resolve_labels_follows_the_hierarchy_within_the_label_space():
+    space = [
+        "Lung Opacity",
+        "Lung Lesion",
+        "Mass",
+        "Nodule",
+        "Edema",
+        "Cardiomegaly",
+        "Enlarged Cardiomediastinum",
+    ]
+    # a present child makes its labelled parents present and never negated
+    pos, neg = resolve_labels(["Mass"], ["Lung Opacity", "Lung Lesion", "Edema"], space)
+    assert pos[0] == "Mass" and set(pos) == {"Mass", "Lung Lesion", "Lung Opacity"} and neg == ("Edema",)
+    # an absent parent makes its labelled children absent, each once
+    pos, neg = resolve_labels([], ["Lung Opacity", "Lung Lesion"], space)
+    assert pos == () and sorted(neg) == ["Edema", "Lung Lesion", "Lung Opacity", "Mass", "Nodule"]
+    # a parent the source does not label is not added
+    assert resolve_labels(["Cardiomegaly"], [], ["Cardiomegaly"])[0] == ("Cardiomegaly",)
+    # related findings are unknown, never absent, next to a positive
+    assert resolve_labels(["Pleural Effusion"], ["Costophrenic Angle Blunting"], [])[1] == ()

@@ -16,9 +16,9 @@ a previous output are reused, which is where a re-run saves its time.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import random
 import shutil
 import tempfile
 from collections import Counter, defaultdict
@@ -32,9 +32,16 @@ from cxmind.data.images import ImageBudget, ImageError, load_image, save_normali
 from cxmind.data.records import META_FILE
 from cxmind.data.schema import RECORD_FIELDS, Record, Study
 from cxmind.data.splits import DEFAULT_FRACTIONS, patient_splits
-from cxmind.data.tasks import Reject, TaskBuilder, TaskConfig
+from cxmind.data.tasks import (
+    Reject,
+    TaskBuilder,
+    TaskConfig,
+    fit_answer_balance,
+    labels_differ,
+    study_labels,
+)
 
-__all__ = ["BuildConfig", "BuildSummary", "SourceSpec", "build", "parse_source_spec"]
+__all__ = ["BuildConfig", "BuildSummary", "SourceSpec", "build", "parse_source_spec", "parse_source_specs"]
 
 REJECTS_FILE = "rejects.jsonl"
 FORMAT_VERSION = 1
@@ -62,9 +69,36 @@ def parse_source_spec(text: str, options: Iterable[str] = ()) -> SourceSpec:
             raise ValueError(
                 f"--source-option {item!r}: expected SOURCE.OPTION=VALUE, e.g. chexpert.uncertain=positive"
             )
-        if src == name:
+        if _source_key(src) == _source_key(name):
             opts[opt] = _literal(value)
     return SourceSpec(name.strip(), Path(root).expanduser(), opts)
+
+
+def parse_source_specs(sources: Iterable[str], options: Iterable[str] = ()) -> list[SourceSpec]:
+    """Every ``--source`` with its ``--source-option`` s; an option for no source being built is an error.
+
+    A typo in the source part of an option (``nhi.foo=1`` while building ``nih``) would otherwise be
+    silently ignored and the source built with its defaults.
+    """
+    from cxmind.data.sources import SOURCES
+
+    options = list(options)
+    specs = [parse_source_spec(text, options) for text in sources]
+    building = {_source_key(spec.name) for spec in specs}
+    for item in options:
+        src = item.partition("=")[0].partition(".")[0]
+        if _source_key(src) not in building:
+            raise ValueError(
+                f"--source-option {item!r}: {src!r} is not a source being built "
+                f"({', '.join(spec.name for spec in specs)}); valid sources: {', '.join(sorted(SOURCES))}; "
+                "fix: spell the source as in --source, or drop the option"
+            )
+    return specs
+
+
+def _source_key(name: str) -> str:
+    """A source name as the registry spells it (``get_source`` accepts any case and '-' for '_')."""
+    return name.strip().lower().replace("-", "_")
 
 
 def _literal(value: str) -> Any:
@@ -221,8 +255,10 @@ def build(config: BuildConfig, *, progress: bool = True) -> BuildSummary:
                     fractions=config.split_fractions,
                     seed=config.task.seed,
                 )
-                builder = TaskBuilder(config.task)
-                reports = [(s.patient_id, s.report, s.positives) for s in studies if s.report is not None]
+                ordered = list(_in_patient_order(studies))
+                balance = fit_answer_balance(ordered, config.task)
+                builder = TaskBuilder(config.task, balance)
+                matches = _image_text_pairs(studies, splits, config.task.seed)
                 materializer = (
                     _Materializer(spec, out, staging, config.task.budget)
                     if config.materialize_images
@@ -234,10 +270,14 @@ def build(config: BuildConfig, *, progress: bool = True) -> BuildSummary:
                 bar = tqdm(
                     total=len(studies), desc=f"{spec.name}: records", unit=" studies", disable=not progress
                 )
-                for study, previous in _in_patient_order(studies):
-                    other = _other_report(reports, study, config.task.seed)
+                for study, previous in ordered:
+                    match = matches.get(study.study_id)
                     records, rejected = builder.build(
-                        study, splits[study.patient_id], previous=previous, other_report=other
+                        study,
+                        splits[study.patient_id],
+                        previous=previous,
+                        other_report=match if match is not _OWN_REPORT else None,
+                        image_text=match is not None,
                     )
                     for item in rejected:
                         reject(item, spec.name)
@@ -261,16 +301,44 @@ def build(config: BuildConfig, *, progress: bool = True) -> BuildSummary:
     return summary
 
 
-def _other_report(reports: list, study: Study, seed: int) -> Any:
-    """A report of another patient, drawn deterministically, for image-text matching negatives."""
-    if len(reports) < 2:
-        return None
-    rng = random.Random(f"{seed}\x1fmatch\x1f{study.source}\x1f{study.study_id}")
-    for _ in range(4):
-        candidate = reports[rng.randrange(len(reports))]
-        if candidate[0] != study.patient_id:
-            return candidate
-    return None
+_OWN_REPORT = object()  # image-text matching with the study's own report ("Yes")
+
+
+def _image_text_pairs(studies: list[Study], splits: dict[str, str], seed: int) -> dict[str, Any]:
+    """Image-text matching pairs, within each split: study id -> ``_OWN_REPORT`` or another's report.
+
+    Each used report is shown once with its own image ("Yes") and once with the image of a study of
+    the same split, another patient and different labels ("No"), so the report text alone never
+    predicts the answer, and no prompt quotes a report from another split.
+    """
+    labels = {
+        s.study_id: study_labels(s)
+        for s in studies
+        if s.report is not None and (s.report.findings or s.report.impression).strip()
+    }
+    eligible = [
+        s
+        for s in studies
+        if s.study_id in labels and (labels[s.study_id].positives or labels[s.study_id].normal)
+    ]
+    eligible.sort(key=lambda s: hashlib.blake2b(f"{seed}\x1fitm\x1f{s.study_id}".encode()).digest())
+    out: dict[str, Any] = {}
+    waiting: dict[str, list[Study]] = defaultdict(list)  # per split, studies not yet paired
+    for study in eligible:
+        queue = waiting[splits[study.patient_id]]
+        own = labels[study.study_id]
+        mate = next(
+            (q for q in queue if q.patient_id != study.patient_id and labels_differ(labels[q.study_id], own)),
+            None,
+        )
+        if mate is None:
+            if len(queue) < 64:  # bounded look-back keeps this linear
+                queue.append(study)
+            continue
+        queue.remove(mate)
+        out[mate.study_id] = _OWN_REPORT
+        out[study.study_id] = (mate.patient_id, mate.report, labels[mate.study_id])
+    return out
 
 
 class _Materializer:

@@ -867,6 +867,8 @@ class PhantomSource:
                     images=(row["image"],),
                     positives=positives,
                     negatives=tuple(f for f in space if f not in positives),
+                    normal=not positives,  # a phantom shows only what it was drawn with
+                    label_space=(*space, NO_FINDING),  # a phantom is labelled whole
                     view=row["view"] or None,
                     image_size=(int(row["width"]), int(row["height"])),
                     boxes=boxes,

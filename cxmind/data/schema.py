@@ -92,8 +92,15 @@ class Study:
 
     ``positives``/``negatives`` are canonical ``cxmind.vocab`` names the source labels as present or
     known absent (uncertain labels already resolved by the source's policy); findings the source does
-    not label are in neither. ``image_size`` is ``(width, height)`` of ``images[0]`` when the
-    metadata gives it. ``order`` places the study in its patient's sequence (e.g. NIH follow-up #).
+    not label are in neither. ``normal`` is True only when the source *says* the whole study is
+    normal (NIH "No Finding", CheXpert ``No Finding`` = 1, PadChest/IU "normal", ...): an empty
+    ``positives`` never means normal by itself (RSNA labels pneumonia only, so "no pneumonia" says
+    nothing about the rest). ``label_space`` is what the source labels (empty: only the findings in
+    ``positives``/``negatives``), with "No Finding" in it when the source labels whole studies (it can
+    call a study normal); ``assumed_negatives`` are the negatives that come from a convention
+    rather than an explicit label (e.g. a blank CheXpert cell read as negative by policy), which
+    comparisons across studies (progression) must not use. ``image_size`` is ``(width, height)`` of
+    ``images[0]`` when the metadata gives it. ``order`` places the study in its patient's sequence.
     """
 
     source: str
@@ -108,6 +115,9 @@ class Study:
     report: Report | None = None
     order: int | None = None
     split: str | None = None  # the source's official split, when it has one
+    normal: bool = False
+    label_space: tuple[str, ...] = ()
+    assumed_negatives: tuple[str, ...] = ()
 
 
 class Source(Protocol):

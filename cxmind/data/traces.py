@@ -3,10 +3,9 @@
 Each closed or open record carries a gold trajectory in the CuRL-VPR format: one round per option
 or candidate finding, each citing the evidence for its verdict, then a summary. The evidence is the
 report sentence that supports or negates the finding when a report exists, else a visual
-description of the finding's presence or absence. Every trajectory is checked by
-:func:`check_trace` — it must earn format = 1, outcome = 1 and the full process reward under
-``cxmind.rewards.score`` (fixed mode) — and the builders reject the record otherwise: the filter is
-part of building, not only of testing.
+description of the finding's presence or absence. Every record is checked by :func:`check_record`
+against its study's labels — each verdict agrees with them, the final answer is the record's, no
+claim goes beyond what the source labels — and the builder rejects the record otherwise.
 """
 
 from __future__ import annotations
@@ -14,15 +13,29 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from cxmind.format import render_closed, render_open
-from cxmind.rewards.scoring import DEFAULT_W_CLOSED, DEFAULT_W_OPEN, _score
-from cxmind.rewards.similarity import DEFAULT_ALPHA
+from cxmind.data.schema import Record
+from cxmind.format import (
+    ACCEPT,
+    REJECT,
+    Round,
+    final_letter,
+    findings_in,
+    mark_of,
+    option_letter,
+    option_texts,
+    parse,
+    render_closed,
+    render_open,
+)
 from cxmind.vocab import NO_FINDING, canonical, synonyms_of
 
+if TYPE_CHECKING:
+    from cxmind.data.tasks import StudyLabels
+
 __all__ = [
-    "check_trace",
+    "check_record",
     "closed_trace",
     "finding_evidence",
     "open_trace",
@@ -162,40 +175,89 @@ def open_trace(
     return render_open(observation, judged, summary)
 
 
-def check_trace(solution: str, task_type: str, options: Sequence[str] | None = None) -> str | None:
-    """``None`` if the gold trajectory earns format 1, outcome 1 and full process reward; else why not."""
-    return _check_trace(solution, task_type, tuple(options) if options is not None else None)
+def check_record(record: Record, labels: StudyLabels) -> str | None:
+    """Why a record's gold trajectory contradicts its study's labels, or ``None`` when it does not.
+
+    Independent of the rewards (which would only score the trace against itself): every verdict
+    must agree with the labels — ✅ on a positive, ❌ on an explicit or implied negative, nothing
+    asserted about a finding the labels leave unknown — each option or candidate is judged exactly
+    once, the final answer is the record's answer, no closed question has two true options, and no
+    trace calls a study normal unless the source says it is.
+    """
+    if record.task_type not in ("closed", "open"):
+        return None
+    parsed = parse(record.solution or "")
+    if not parsed.well_formed or len(parsed.rounds) < 2:
+        return f"malformed trace ({', '.join(parsed.errors) or 'fewer than 2 rounds'})"
+    if not labels.normal and any(_NORMAL_CLAIM.search(r.think) for r in parsed.rounds):
+        return "the trace calls the study normal, which its labels do not say"
+    if record.task_type == "closed":
+        return _check_closed(record, parsed.rounds, labels)
+    return _check_open(record, parsed.rounds, labels)
 
 
-def _no_similarity(prediction: str, reference: str, alpha: float) -> float:
-    return 0.0  # the filter checks format, outcome and process; think similarity is irrelevant here
+_NORMAL_CLAIM = re.compile(r"\bthe study is normal\b", re.I)
+_DISEASE_OPTIONS = ("disease_single_choice",)
 
 
-@lru_cache(maxsize=1 << 15)  # template traces repeat across studies; scoring each once is enough
-def _check_trace(solution: str, task_type: str, options: tuple[str, ...] | None) -> str | None:
-    scores = _score(
-        solution,
-        solution,
-        task_type,
-        options,
-        "fixed",
-        DEFAULT_W_CLOSED,
-        DEFAULT_W_OPEN,
-        DEFAULT_ALPHA,
-        _no_similarity,
-    )
-    full_process = DEFAULT_W_CLOSED if task_type == "closed" else DEFAULT_W_OPEN
-    if scores.format != 1.0:
-        return "trace format"
-    if scores.outcome != 1.0:
-        return "trace outcome"
-    if scores.process != full_process:
-        return "trace process"
+def _check_closed(record: Record, rounds: Sequence[Round], labels: StudyLabels) -> str | None:
+    texts = option_texts(record.options) or {}
+    letters = tuple(texts)
+    judged = [option_letter(r.answer, letters) for r in rounds[:-1]]
+    if sorted(x or "" for x in judged) != sorted(letters):
+        return "the trace does not judge every option exactly once"
+    accepted = [x for r, x in zip(rounds[:-1], judged, strict=True) if mark_of(r.answer) == ACCEPT]
+    if any(mark_of(r.answer) is None for r in rounds[:-1]):
+        return "an option round has no single verdict"
+    if accepted != [record.answer]:
+        return f"the trace accepts {accepted or 'nothing'}, the answer is {record.answer}"
+    if final_letter(rounds[-1].answer, letters) != record.answer:
+        return "the final answer is not the record's answer"
+    finding = record.extra.get("finding")
+    if finding is not None:  # "Is there X?": yes only on a positive, no only on a known negative
+        said_yes = texts[record.answer].strip().lower() == "yes"
+        if said_yes != (finding in labels.positives) or (not said_yes and finding not in labels.negatives):
+            return f"the answer about {finding} contradicts its label"
+    if record.task in _DISEASE_OPTIONS:
+        for letter, text in sorted(texts.items(), key=lambda item: item[0] != record.answer):  # gold first
+            name = canonical(text)
+            true = labels.normal if name == NO_FINDING else name in labels.positives
+            known_false = bool(labels.positives) if name == NO_FINDING else name in labels.negatives
+            if letter == record.answer and not true:
+                return f"the gold option {text!r} is not a labelled finding of the study"
+            if letter != record.answer and not known_false:
+                return f"the distractor {text!r} is not known to be absent (two options may be true)"
     return None
 
 
-def summary_text(positives: Sequence[str]) -> str:
-    """The summary think of an open trajectory."""
+def _check_open(record: Record, rounds: Sequence[Round], labels: StudyLabels) -> str | None:
+    differential = findings_in(rounds[0].answer)
+    middle = [(canonical(r.answer), mark_of(r.answer)) for r in rounds[1:-1]]
+    names = [name for name, _ in middle]
+    if len(names) != len(set(names)) or set(names) != set(differential):
+        return "the trace does not judge every differential candidate exactly once"
+    for name, mark in middle:
+        if mark is None:
+            return f"the round on {name} has no single verdict"
+        if mark == ACCEPT and name not in labels.positives:
+            return f"the trace accepts {name}, which is not a labelled finding of the study"
+        if mark == REJECT and name not in labels.negatives:
+            return f"the trace rejects {name}, which is not known to be absent"
+    accepted = {name for name, mark in middle if mark == ACCEPT}
+    final = set(findings_in(rounds[-1].answer))
+    if final != (accepted or {NO_FINDING}):
+        return "the final list is not the set of accepted findings"
+    if final != set(findings_in(record.answer)):
+        return "the final list is not the record's answer"
+    if not accepted and not labels.normal and not record.extra.get("scoped"):
+        return "an unscoped question answered No Finding on a study not labelled normal"
+    return None
+
+
+def summary_text(positives: Sequence[str], normal: bool = False) -> str:
+    """The summary think of an open trajectory; it calls the study normal only when ``normal``."""
     if not positives or list(positives) == [NO_FINDING]:
-        return "Summary: none of the candidate findings is present; the study is normal."
+        if normal:
+            return "Summary: none of the candidate findings is present; the study is normal."
+        return "Summary: none of the candidate findings is present."
     return f"Summary: the image shows {', '.join(p.lower() for p in positives)}."

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from itertools import compress
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,7 @@ __all__ = [
     "CHEXPERT_FINDINGS",
     "UNCERTAIN_POLICIES",
     "BaseSource",
+    "ChexpertLabels",
     "canon",
     "check_choice",
     "chexpert_labels",
@@ -318,18 +319,26 @@ def view_rank(view: str | None) -> int:
 _CELL = {1.0: 1, 0.0: 2, -1.0: 3}
 
 
+class ChexpertLabels(NamedTuple):
+    positives: tuple[str, ...]
+    negatives: tuple[str, ...]
+    normal: bool  # ``No Finding`` = 1 and no positive
+    assumed: tuple[str, ...]  # negatives read from blank cells by the ``blank="negative"`` policy
+
+
 def chexpert_labels(
     frame: pd.DataFrame, uncertain: str, blank: str, *, where: str, rows: np.ndarray | None = None
-) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
-    """(positives, negatives) per row of a CheXpert-labeler table (CheXpert, MIMIC-CXR).
+) -> list[ChexpertLabels]:
+    """Labels per row of a CheXpert-labeler table (CheXpert, MIMIC-CXR).
 
-    Cells: 1 positive, 0 negative, -1 uncertain (``uncertain`` policy), blank = not mentioned
-    (``blank`` policy). ``No Finding`` = 1 asserts that no pathology was mentioned, so the blank
-    pathology columns become negatives whatever ``blank`` says; ``Support Devices`` is not a
-    pathology and keeps its own value. Positives never contain "No Finding". A row without
-    positives whose policies leave some label undecided (an ignored -1 or blank) and without
-    ``No Finding`` = 1 gets no negatives either: it is not known to be normal, and empty positives
-    with negatives would say it is. ``rows`` selects the rows to resolve (all by default).
+    Cells: 1 positive, 0 negative, -1 uncertain (``uncertain`` policy), blank = not mentioned in the
+    report (``blank`` policy; the labeler's own definition, Irvin et al. 2019, §2.1: a blank is "no
+    mention", not an absence). ``No Finding`` = 1 is the labeler's statement that no pathology is
+    mentioned as present or uncertain, so the blank pathology columns become negatives whatever
+    ``blank`` says and the study is normal; ``Support Devices`` is not a pathology and keeps its own
+    value. Positives never contain "No Finding". A row without positives whose policies leave some
+    label undecided (an ignored -1 or blank) and without ``No Finding`` = 1 gets no negatives either:
+    it is not known to be normal. ``rows`` selects the rows to resolve (all by default).
     """
     values = frame[list(CHEXPERT_COLUMNS)].to_numpy(dtype=float, na_value=np.nan)
     if rows is not None:
@@ -365,8 +374,17 @@ def chexpert_labels(
     # not known to be normal, so no negatives either (they would make the study read as normal)
     undecided = ~positive.any(axis=1) & ~(positive | negative).all(axis=1) & ~normal[:, 0]
     negative[undecided] = False
+    assumed = negative & (found == 0) & ~(normal & pathology)
+    is_normal = normal[:, 0] & ~positive.any(axis=1)
     table = [
-        (tuple(compress(CHEXPERT_FINDINGS, pos)), tuple(compress(CHEXPERT_FINDINGS, neg)))
-        for pos, neg in zip(positive.tolist(), negative.tolist(), strict=True)
+        ChexpertLabels(
+            tuple(compress(CHEXPERT_FINDINGS, pos)),
+            tuple(compress(CHEXPERT_FINDINGS, neg)),
+            bool(ok),
+            tuple(compress(CHEXPERT_FINDINGS, blank_negative)),
+        )
+        for pos, neg, ok, blank_negative in zip(
+            positive.tolist(), negative.tolist(), is_normal.tolist(), assumed.tolist(), strict=True
+        )
     ]
     return [table[i] for i in inverse.ravel().tolist()]

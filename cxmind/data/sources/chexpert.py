@@ -17,8 +17,10 @@ Options:
 ``uncertain`` (``"ignore"`` default | ``"positive"`` | ``"negative"``)
     what a -1 (uncertain) label becomes: neither list (U-Ignore), a positive (U-Ones) or a
     negative (U-Zeros).
-``blank`` (``"negative"`` default | ``"ignore"``)
-    what an unmentioned (blank) label becomes: a negative, or neither list.
+``blank`` (``"ignore"`` default | ``"negative"``)
+    what an unmentioned (blank) label becomes: neither list (a blank is "no mention" in the
+    labeler's definition, so absence is unknown), or a negative (the common "blank = 0" shortcut;
+    those negatives are marked ``assumed_negatives`` and never used to compare studies).
 
 Conventions: labels are per study (identical on every view of a study) and read from its first
 row; ``label_space`` is the 13 CheXpert findings. "No Finding" is never a positive: ``No Finding``
@@ -58,6 +60,7 @@ from cxmind.data.sources._common import (
     per_row,
     view_name,
 )
+from cxmind.vocab import NO_FINDING
 
 __all__ = ["CheXpert"]
 
@@ -73,7 +76,7 @@ class CheXpert(BaseSource):
     layout = "the folder holding CheXpert-v1.0-small/ (or at that folder itself, where train.csv is)"
     label_space: tuple[str, ...] = CHEXPERT_FINDINGS
 
-    def __init__(self, root: str | Path, *, uncertain: str = "ignore", blank: str = "negative") -> None:
+    def __init__(self, root: str | Path, *, uncertain: str = "ignore", blank: str = "ignore") -> None:
         super().__init__(root)
         self.uncertain = check_choice(self.name, "uncertain", uncertain, UNCERTAIN_POLICIES)
         self.blank = check_choice(self.name, "blank", blank, BLANK_POLICIES)
@@ -135,7 +138,7 @@ class CheXpert(BaseSource):
             study_views = [views[i] for i in firsts_list]
             patients = [k.split("/", 2)[1] if "/" in k else "" for k in study_keys]
             orders = [_study_order(k[k.rfind("/") + 1 :]) for k in study_keys]
-        for key, patient, order, view, start, end, (positives, negatives) in zip(
+        for key, patient, order, view, start, end, label in zip(
             study_keys, patients, orders, study_views, starts, ends, labels, strict=True
         ):
             yield Study(
@@ -143,11 +146,14 @@ class CheXpert(BaseSource):
                 study_id=key,
                 patient_id=patient,
                 images=tuple(images[start:end]),
-                positives=positives,
-                negatives=negatives,
+                positives=label.positives,
+                negatives=label.negatives,
                 view=view,
                 order=order,
                 split=split,
+                normal=label.normal,
+                label_space=(*self.label_space, NO_FINDING),  # labels whole studies
+                assumed_negatives=label.assumed,
             )
 
 

@@ -208,6 +208,7 @@ class IUXray(BaseSource):
     def studies(self) -> Iterator[Study]:
         self.reset()
         views = self._views()
+        space = self.label_space
         for parsed in self._reports():
             if not parsed.images:
                 self.skip(parsed.uid, "report without images")
@@ -224,4 +225,6 @@ class IUXray(BaseSource):
                 negatives=negatives,
                 view=views.get(images[0]),
                 report=parsed.report if parsed.report != EMPTY else None,
+                normal=not positives and bool(negatives),  # only the indexers' "normal" sets negatives
+                label_space=(*space, NO_FINDING),  # labels whole studies
             )

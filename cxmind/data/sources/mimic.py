@@ -15,10 +15,10 @@ Options:
 
 ``labeler`` (``"chexpert"`` default | ``"negbio"``)
     which label table to read (it must exist).
-``uncertain`` (``"ignore"`` default | ``"positive"`` | ``"negative"``), ``blank`` (``"negative"``
-default | ``"ignore"``)
-    as for CheXpert: what -1 and blank labels become; ``No Finding`` = 1 makes blank pathology
-    columns negatives (``Support Devices`` excepted), "No Finding" is never a positive, and a
+``uncertain`` (``"ignore"`` default | ``"positive"`` | ``"negative"``), ``blank`` (``"ignore"``
+default | ``"negative"``)
+    as for CheXpert: what -1 and blank ("no mention") labels become; ``No Finding`` = 1 makes blank
+    pathology columns negatives (``Support Devices`` excepted), "No Finding" is never a positive, and a
     study with no positive, an undecided (ignored) label and ``No Finding`` not 1 gets no
     negatives (it is not known to be normal).
 
@@ -50,6 +50,7 @@ from cxmind.data.sources._common import (
     CHEXPERT_FINDINGS,
     UNCERTAIN_POLICIES,
     BaseSource,
+    ChexpertLabels,
     check_choice,
     chexpert_labels,
     gc_paused,
@@ -59,8 +60,11 @@ from cxmind.data.sources._common import (
     view_name,
     view_rank,
 )
+from cxmind.vocab import NO_FINDING
 
 __all__ = ["MIMIC", "parse_report"]
+
+NO_LABELS = ChexpertLabels((), (), False, ())  # a study missing from the label table
 
 PREFIX = "mimic-cxr-2.0.0"
 METADATA_COLUMNS = (
@@ -122,7 +126,7 @@ class MIMIC(BaseSource):
         *,
         labeler: str = "chexpert",
         uncertain: str = "ignore",
-        blank: str = "negative",
+        blank: str = "ignore",
     ) -> None:
         super().__init__(root)
         self.labeler = check_choice(self.name, "labeler", labeler, LABELERS)
@@ -136,7 +140,7 @@ class MIMIC(BaseSource):
         if self.split_path is not None:
             self.header(self.split_path, SPLIT_COLUMNS)
 
-    def _labels(self) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    def _labels(self) -> dict[str, ChexpertLabels]:
         table = self.read(self.labels_path, LABEL_COLUMNS, text=("study_id",))
         labels = chexpert_labels(table, self.uncertain, self.blank, where=f"{self.name}: {self.labels_path}")
         return dict(zip(table["study_id"].tolist(), labels, strict=True))
@@ -195,17 +199,20 @@ class MIMIC(BaseSource):
         for study, patient, start, end, view, size, rank, dicom in zip(
             study_ids, patients, starts, ends, first_views, sizes, orders, first_dicoms, strict=True
         ):
-            positives, negatives = labels.get(study, ((), ()))
+            label = labels.get(study, NO_LABELS)
             yield Study(
                 source="mimic",
                 study_id=study,
                 patient_id=patient,
                 images=tuple(images[start:end]),
-                positives=positives,
-                negatives=negatives,
+                positives=label.positives,
+                negatives=label.negatives,
                 view=view,
                 image_size=size,
                 report=self.report(patient, study),
                 order=rank,
                 split=splits.get(dicom),
+                normal=label.normal,
+                label_space=(*self.label_space, NO_FINDING),  # labels whole studies
+                assumed_negatives=label.assumed,
             )

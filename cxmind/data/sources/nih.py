@@ -139,4 +139,6 @@ class NIH(BaseSource):
                 boxes=box,
                 order=order,
                 split=split,
+                normal=not positives and bool(negatives),  # "No Finding" is NIH's explicit label
+                label_space=(*self.label_space, NO_FINDING),  # labels whole studies
             )

@@ -287,4 +287,6 @@ class PadChest(BaseSource):
                 view=view,
                 image_size=size,
                 order=order,
+                normal=not positives and bool(negatives),  # "normal" is PadChest's explicit label
+                label_space=(*space, NO_FINDING),  # labels whole studies
             )

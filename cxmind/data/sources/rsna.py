@@ -95,4 +95,5 @@ class RSNA(BaseSource):
                 view=views.get(image),
                 image_size=IMAGE_SIZE,
                 boxes=tuple(boxes.get(image, ())),
+                label_space=self.label_space,  # never normal: Target 0 only says "no pneumonia"
             )

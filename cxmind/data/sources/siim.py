@@ -185,4 +185,5 @@ class SIIM(BaseSource):
                 negatives=() if positive else PNEUMOTHORAX,
                 image_size=IMAGE_SIZE,
                 boxes=tuple(boxes.get(image, ())),
+                label_space=self.label_space,  # never normal: only pneumothorax is labelled
             )

@@ -166,6 +166,7 @@ class VinDr(BaseSource):
             rank = [order_of.get(name, len(space)) for name, _ in classes]
             negatives_memo: dict[frozenset[int], tuple[str, ...]] = {}
             unmapped = [not known for _, known in classes]
+        label_space = tuple(space)
         for image, image_id in enumerate(images.tolist()):
             pos = sorted(positive.get(image, ()), key=rank.__getitem__)
             seen = frozenset(marked.get(image, ()))
@@ -186,6 +187,8 @@ class VinDr(BaseSource):
                 negatives=negatives_memo[seen] if pos or not seen else (),  # see "not known to be normal"
                 image_size=image_size(self.root / path) if file and self.probe_size else None,
                 boxes=boxes.get(image, ()),
+                normal=not seen,  # every reader wrote "No finding"
+                label_space=(*label_space, NO_FINDING),  # labels whole studies
             )
 
     def _boxes(
