@@ -737,7 +737,8 @@ def test_mimic_fixture_round_trip():
     )
     assert first.view == "PA" and first.image_size == (2544, 3056) and first.split == "train"
     # No Finding = 1: the pathologies are negative and the study is normal; Support Devices stays blank
-    assert first.positives == () and first.negatives == tuple(n for n in CHEXPERT_13 if n != "Support Devices")
+    pathologies = tuple(n for n in CHEXPERT_13 if n != "Support Devices")
+    assert first.positives == () and first.negatives == pathologies
     assert first.normal and first.assumed_negatives == ()
     assert first.report.impression == "No acute cardiopulmonary process."
     assert first.report.indication.startswith("___ year old woman with two days of cough")
