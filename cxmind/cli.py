@@ -61,6 +61,14 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="write each image once as a resized RGB PNG under OUT/images (needed for DICOM sources)",
     )
+    b.add_argument(
+        "--no-dedupe-images",
+        action="store_true",
+        help="do not hash the images to keep copies across sources in one split (faster; the card warns)",
+    )
+    b.add_argument(
+        "--no-audit", action="store_true", help="do not audit the result into audit.json and the dataset card"
+    )
     b.add_argument("--overwrite", action="store_true", help="replace an existing record set in --out")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -367,6 +375,8 @@ def _data_build(args: argparse.Namespace) -> int:
         split_fractions=fractions,  # type: ignore[arg-type]
         limit=args.limit,
         materialize_images=args.materialize_images,
+        dedupe_images=not args.no_dedupe_images,
+        audit=not args.no_audit,
         overwrite=args.overwrite,
     )
     summary = build(config, progress=not args.no_progress)

@@ -18,7 +18,7 @@ vision. ``cxmind data audit RECORDS`` measures, per task and per source × task:
    alone (every split: a model trains on them);
 4. **duplicates across splits**: identical report texts (report answers and reports quoted in
    questions; texts under ``min_report_words`` words are boilerplate and skipped), identical image
-   paths, and near-identical images by a 256-bit perceptual hash (``imagehash``, optional);
+   paths, and near-identical images by the build's 256-bit perceptual hash (:mod:`cxmind.data.dedupe`);
 5. **records per source × task × split** (and per label space when records carry one).
 
 The result is plain JSON (``audit.json``); :func:`audit_markdown` renders it for the terminal and
@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxmind.data.dedupe import MIN_REPORT_WORDS, PHASH_DISTANCE, PHASH_SIZE, image_hash, near_pairs
 from cxmind.data.schema import SPLITS, TASKS
 from cxmind.format import (
     ACCEPT,
@@ -74,9 +75,6 @@ FORMAT = "cxmind-audit/1"
 #: Blind baselines, in the order ties are broken.
 BASELINES = ("majority", "option_prior", "letter_prior", "bow")
 MAX_FIT_ROWS = 200_000  # train records per source × task for the baselines (memory and time bound)
-MIN_REPORT_WORDS = 6  # shorter report texts ("Normal chest radiograph.") are shared boilerplate
-PHASH_SIZE = 16  # 16x16 = 256-bit pHash: chest X-rays look alike, 64 bits put distinct ones 4 bits apart
-PHASH_DISTANCE = 8  # resaved/resized copies differ by 0-2 bits; distinct phantoms by 18 or more
 TOP = 30  # answer-distribution entries kept per task (the rest summed as "(other)")
 _EXAMPLE_IDS = 5  # ids listed per duplicate group
 _Z95 = 1.959963984540054
@@ -501,11 +499,6 @@ def _near_duplicates(
 ) -> tuple[dict[str, Any], set[str]]:
     """pHash every image used in a single split and pair images of different splits within
     ``distance`` bits (pigeonhole index: two hashes that close share one of ``distance + 1`` chunks)."""
-    try:
-        import imagehash
-    except ImportError:
-        note = "imagehash is not installed: near-duplicate images skipped (pip install imagehash)"
-        return {"status": "skipped", "note": note}, set()
     from tqdm.auto import tqdm
 
     from cxmind.data.images import ImageError, read_image
@@ -521,29 +514,16 @@ def _near_duplicates(
             missing += 1
             continue
         try:
-            image = read_image(path).convert("L")
+            image = read_image(path)
         except (ImageError, OSError, ValueError):
             unreadable += 1
             continue
-        flat = imagehash.phash(image, hash_size=PHASH_SIZE).hash.flatten()
-        hashes.append((int("".join("1" if b else "0" for b in flat), 2), key, next(iter(info["splits"]))))
-    chunks = distance + 1
-    edges = [round(i * bits / chunks) for i in range(chunks + 1)]
-    buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for index, (value, _, _) in enumerate(hashes):
-        for c in range(chunks):
-            part = (value >> edges[c]) & ((1 << (edges[c + 1] - edges[c])) - 1)
-            buckets[(c, part)].append(index)
-    pairs: dict[tuple[int, int], int] = {}
-    for members in buckets.values():
-        if len({hashes[i][2] for i in members}) < 2:
-            continue
-        for x, i in enumerate(members):
-            for j in members[x + 1 :]:
-                if hashes[i][2] != hashes[j][2] and (i, j) not in pairs:
-                    d = (hashes[i][0] ^ hashes[j][0]).bit_count()
-                    if d <= distance:
-                        pairs[(i, j)] = d
+        hashes.append((image_hash(image), key, next(iter(info["splits"]))))
+    pairs = {
+        (i, j): d
+        for i, j, d in near_pairs([h for h, _, _ in hashes], distance)
+        if hashes[i][2] != hashes[j][2]  # only copies in different splits are a leak
+    }
     flagged = {hashes[i][1] for pair in pairs for i in pair}
     examples = []
     for (i, j), d in sorted(pairs.items(), key=lambda kv: (kv[1], hashes[kv[0][0]][1]))[:max_examples]:

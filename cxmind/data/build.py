@@ -28,6 +28,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from cxmind.data.dedupe import align_duplicate_splits
 from cxmind.data.images import ImageBudget, ImageError, load_image, save_normalised
 from cxmind.data.records import META_FILE
 from cxmind.data.schema import RECORD_FIELDS, Record, Study
@@ -125,6 +126,10 @@ class BuildConfig:
     materialize_images: bool = False
     shard_rows: int = 100_000
     overwrite: bool = False
+    #: pHash every readable image to give copies across sources one split (slow: decodes each image)
+    dedupe_images: bool = True
+    #: run ``cxmind data audit`` on the result and put it in the dataset card (and audit.json)
+    audit: bool = True
 
 
 @dataclass
@@ -135,6 +140,7 @@ class BuildSummary:
     studies: Counter = field(default_factory=Counter)  # per source
     records: Counter = field(default_factory=Counter)  # per (source, task, split)
     rejects: Counter = field(default_factory=Counter)  # per reason
+    duplicates: dict[str, Any] = field(default_factory=dict)  # see align_duplicate_splits
 
     @property
     def total_records(self) -> int:
@@ -244,17 +250,26 @@ def build(config: BuildConfig, *, progress: bool = True) -> BuildSummary:
                 summary.rejects[item.reason] += 1
                 rejects_file.write(json.dumps({"source": source, **asdict(item)}) + "\n")
 
+            read: dict[str, list[Study]] = {}
+            all_splits: dict[str, dict[str, str]] = {}
             for spec in config.sources:
                 source, studies = _read_studies(spec, config.limit, progress)
                 summary.studies[spec.name] = len(studies)
                 for item in getattr(source, "rejects", ()):  # studies a source could not read
                     reject(item if isinstance(item, Reject) else Reject(*item), spec.name)
-                splits = patient_splits(
+                read[spec.name] = studies
+                all_splits[spec.name] = patient_splits(
                     spec.name,
                     ((s.patient_id, s.split) for s in studies),
                     fractions=config.split_fractions,
                     seed=config.task.seed,
                 )
+            roots = {spec.name: Path(spec.root).expanduser() for spec in config.sources}
+            summary.duplicates = align_duplicate_splits(
+                read, roots, all_splits, images=config.dedupe_images, seed=config.task.seed, progress=progress
+            )
+            for spec in config.sources:
+                studies, splits = read.pop(spec.name), all_splits[spec.name]
                 ordered = list(_in_patient_order(studies))
                 balance = fit_answer_balance(ordered, config.task)
                 builder = TaskBuilder(config.task, balance)
@@ -293,6 +308,8 @@ def build(config: BuildConfig, *, progress: bool = True) -> BuildSummary:
                 bar.close()
         writer.close()
         _write_meta(staging, config, summary, image_roots)
+        if config.audit:
+            _append_audit(staging, progress)
         if out.exists():
             _discard(out)
         os.replace(staging, out)
@@ -410,9 +427,36 @@ def _write_meta(
         "records": summary.total_records,
         "records_by_split_task": dict(sorted(counts.items())),
         "rejects": dict(summary.rejects),
+        "balance": config.task.balance,
+        "duplicates": summary.duplicates,
     }
     (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     (folder / "README.md").write_text(_dataset_card(meta, summary), encoding="utf-8")
+
+
+def _duplicates_text(found: dict[str, Any]) -> str:
+    if not found:
+        return "Not checked."
+    hashed = (
+        ", ".join(f"{s}: {n}" for s, n in found.get("images_hashed", {}).items()) or "none (no image files)"
+    )
+    lines = [
+        f"{found['groups']} groups of patients share an image, a report text or an id alias and were "
+        f"given one split each ({found['patients_moved']} patients moved); images hashed: {hashed}."
+    ]
+    lines += [f"- **Warning**: {note}" for note in found.get("notes", ())]
+    return "\n".join(lines)
+
+
+def _append_audit(folder: Path, progress: bool) -> None:
+    """Audit the finished record set (image-blind baselines, contradictions, cross-split
+    duplicates) into ``audit.json`` and the dataset card."""
+    from cxmind.data.audit import AUDIT_FILE, audit, audit_markdown
+
+    result = audit(folder, images=False, progress=progress)
+    (folder / AUDIT_FILE).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    with open(folder / "README.md", "a", encoding="utf-8") as card:
+        card.write("\n" + audit_markdown(result) + "\n")
 
 
 def _dataset_card(meta: dict[str, Any], summary: BuildSummary) -> str:
@@ -445,7 +489,11 @@ dataset under its own license and data use agreement.
 ## Build
 
 seed {meta["seed"]}, split fractions {meta["split_fractions"]} (patient-level),
-tasks {", ".join(meta["tasks"])}.
+tasks {", ".join(meta["tasks"])}, closed answers balanced: {meta["balance"]}.
+
+## Duplicates
+
+{_duplicates_text(summary.duplicates)}
 
 **Not for clinical use.** These records train research models; they are not medical advice.
 """

@@ -99,8 +99,10 @@ class Study:
     ``positives``/``negatives``), with "No Finding" in it when the source labels whole studies (it can
     call a study normal); ``assumed_negatives`` are the negatives that come from a convention
     rather than an explicit label (e.g. a blank CheXpert cell read as negative by policy), which
-    comparisons across studies (progression) must not use. ``image_size`` is ``(width, height)`` of
-    ``images[0]`` when the metadata gives it. ``order`` places the study in its patient's sequence.
+    comparisons across studies (progression) must not use. ``aliases`` name the same image in another
+    source (``"nih/00000013_005"`` for an RSNA image, from the published mapping), so the build keeps
+    the copies in one split. ``image_size`` is ``(width, height)`` of ``images[0]`` when the
+    metadata gives it. ``order`` places the study in its patient's sequence.
     """
 
     source: str
@@ -118,6 +120,7 @@ class Study:
     normal: bool = False
     label_space: tuple[str, ...] = ()
     assumed_negatives: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()  # "source/study_id" of copies of this image in other sources
 
 
 class Source(Protocol):

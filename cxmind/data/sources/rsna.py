@@ -16,15 +16,22 @@ y + height)`` per row; Target 0 -> negatives ``("Pneumonia",)``; ``label_space``
 one image (the images are a re-annotated subset of NIH ChestX-ray14 with the NIH ids removed), so
 ``patient_id`` = ``study_id`` = ``patientId``: patient-level splits cannot group a person's images,
 and combining this source with ``nih`` can put the same image in two splits. ``view`` is
-``ViewPosition`` (PA/AP) from the optional header table, else None. No options.
+``ViewPosition`` (PA/AP) from the optional header table, else None.
+
+Option ``nih_mapping`` (a path): the published RSNA-to-NIH mapping file (Kaggle's
+``pneumonia-challenge-dataset-mappings_2018.json``, or a csv with the same ``subset_img_id`` and
+``img_id`` columns); each study then carries its NIH image as an alias, and a build with both
+sources keeps the two copies in one split even without the images.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from cxmind.data.schema import Box, Study
 from cxmind.data.sources._common import BaseSource, gc_paused, grouped, per_row, view_name
@@ -44,8 +51,14 @@ class RSNA(BaseSource):
     layout = "the folder holding stage_2_train_labels.csv and stage_2_train_images/"
     label_space: tuple[str, ...] = PNEUMONIA
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, nih_mapping: str | Path | None = None) -> None:
         super().__init__(root)
+        self.nih_mapping = Path(nih_mapping).expanduser() if nih_mapping else None
+        if self.nih_mapping is not None and not self.nih_mapping.is_file():
+            raise FileNotFoundError(
+                f"{self.name}: nih_mapping {self.nih_mapping} not found; give the published RSNA-to-NIH "
+                "mapping (pneumonia-challenge-dataset-mappings_2018.json or its csv form)"
+            )
         self.labels_path = self.locate("stage_2_train_labels.csv")
         self.header(self.labels_path, COLUMNS)
         self.headers_path = self.find("stage_2_train_images_dicom_headers.csv")
@@ -60,8 +73,27 @@ class RSNA(BaseSource):
             zip(headers["PatientID"].tolist(), per_row(headers["ViewPosition"], view_name), strict=True)
         )
 
+    def _nih_ids(self) -> dict[str, str]:
+        """RSNA patientId -> the NIH image id it re-releases (``subset_img_id`` -> ``img_id``)."""
+        if self.nih_mapping is None:
+            return {}
+        path = self.nih_mapping
+        try:
+            if path.suffix.lower() == ".json":
+                rows = json.loads(path.read_text(encoding="utf-8"))
+            else:
+                rows = pd.read_csv(path, dtype=str).to_dict("records")
+            pairs = {str(r["subset_img_id"]): str(r["img_id"]) for r in rows}
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            raise ValueError(
+                f"{self.name}: cannot read {path} as the RSNA-to-NIH mapping ({exc}); expected rows with "
+                "'subset_img_id' (the RSNA patientId) and 'img_id' (the NIH image name)"
+            ) from exc
+        return {rsna: nih.removesuffix(".png") for rsna, nih in pairs.items()}
+
     def studies(self) -> Iterator[Study]:
         self.reset()
+        nih_ids = self._nih_ids()
         table = self.read(self.labels_path, COLUMNS, text=("patientId",))
         with gc_paused():
             target = table["Target"].to_numpy(dtype=float, na_value=np.nan)
@@ -96,4 +128,5 @@ class RSNA(BaseSource):
                 image_size=IMAGE_SIZE,
                 boxes=tuple(boxes.get(image, ())),
                 label_space=self.label_space,  # never normal: Target 0 only says "no pneumonia"
+                aliases=(f"nih/{nih_ids[image]}",) if image in nih_ids else (),
             )
