@@ -402,6 +402,7 @@ RELATED: frozenset[frozenset[str]] = frozenset(
 )
 
 
+@lru_cache(maxsize=4096)
 def ancestors(name: str) -> tuple[str, ...]:
     """The findings a present ``name`` implies, nearest first.
 
@@ -444,6 +445,7 @@ def not_absent(positives: Iterable[str]) -> set[str]:
     return present | related
 
 
+@lru_cache(maxsize=4096)
 def descendants(name: str) -> tuple[str, ...]:
     """The findings ``name`` covers: an absent parent means each of them is absent too.
 
@@ -468,6 +470,13 @@ def resolve_labels(
     >>> resolve_labels([], ["Lung Opacity"], ["Edema", "Lung Opacity"])
     ((), ('Lung Opacity', 'Edema'))
     """
+    return _resolve_labels(tuple(positives), tuple(negatives), tuple(label_space))
+
+
+@lru_cache(maxsize=1 << 16)  # label vectors repeat across hundreds of thousands of studies
+def _resolve_labels(
+    positives: tuple[str, ...], negatives: tuple[str, ...], label_space: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
     pos = list(dict.fromkeys(canonical(p) for p in positives))
     space = {canonical(x) for x in label_space} | set(pos) | {canonical(n) for n in negatives}
     pos += [p for p in sorted(implied(pos) - set(pos), key=list(PARENT.values()).index) if p in space]

@@ -556,6 +556,7 @@ class TaskBuilder:
 # One definition each, used by the builders above and by the balance fit in cxmind.data.build.
 
 PROGRESSION = ("Newly appeared", "Resolved", "Persistent")
+MINOR_VIEW_SHARE = 20  # a view class with under 1/20 of the commonest class's studies is not asked
 NEWLY_APPEARED, RESOLVED, PERSISTENT = range(3)
 
 
@@ -665,10 +666,16 @@ def fit_answer_balance(
     slots = [(sid, slot) for sid, labels in slot_labels if (slot := single_choice_slot(labels, texts))]
     kept_binary = equal_answers(binary, config.seed)
     kept_progression = equal_answers(progression, config.seed)
+    view_counts = Counter(view for _, _, view in views)
+    # a view class a source barely has (CheXpert studies rarely lead with a lateral) would thin every
+    # other class down to its count: leave it out, so it is neither an answer nor an option
+    most = max(view_counts.values(), default=0)
+    common = {v for v, n in view_counts.items() if n * MINOR_VIEW_SHARE >= most}
+    views = [item for item in views if item[2] in common]
     kept_views = equal_answers(views, config.seed)
     return AnswerBalance(
         binary={sid: finding for sid, finding, _ in binary if sid in kept_binary},
-        views=tuple(v for v in VIEWS if any(view == v for _, _, view in views)),
+        views=tuple(v for v in VIEWS if v in common) if len(common) > 1 else (),
         view_studies=kept_views,
         progression={sid: (f, change) for sid, f, change in progression if sid in kept_progression},
         single_choice=assign_single_choice(slots, config.choices, config.seed),
