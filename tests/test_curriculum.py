@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import warnings
+from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from trl.trainer.utils import RepeatSampler
 
-from cxmind.training.curriculum import STATS_KEYS, CurriculumSampler, ramp_share
+from cxmind.training.curriculum import STATS_KEYS, CurriculumSampler, lookahead_lag, ramp_share
 
 
 def _types(n: int, pattern: tuple[str, ...] = ("closed", "open")) -> list[str]:
@@ -240,6 +243,24 @@ def test_ramp_position_spans_all_epochs() -> None:
     assert 0.3 < heads[1] < 0.7  # ... and 0.5 -> 0.4 at the start of epoch 1
 
 
+def test_set_run_length_ends_the_ramp_with_a_run_that_stops_mid_epoch() -> None:
+    types = _types(800)
+
+    def build() -> CurriculumSampler:
+        return CurriculumSampler(
+            types, mini_repeat_count=1, batch_size=8, schedule="ramp", ramp_start=0.5, ramp_end=0.5
+        )
+
+    sampler = build()
+    sampler.set_run_length(50)  # e.g. num_train_epochs=0.5: the run trains 50 of the epoch's 100 chunks
+    closed = [all(types[row] == "closed" for row in chunk) for chunk in _chunks(sampler)[:50]]
+    assert closed == [True] * 25 + [False] * 25  # the switch sits at half of the run, not of the epoch
+    with pytest.raises(ValueError, match="run_chunks is 50"):
+        build().load_state_dict(json.loads(json.dumps(sampler.state_dict())))
+    with pytest.raises(ValueError, match="total_chunks"):
+        sampler.set_run_length(0)
+
+
 # ---------------------------------------------------------------------------------- adaptive
 
 
@@ -355,6 +376,67 @@ def test_order_does_not_depend_on_when_observations_arrive(schedule: str) -> Non
         _drive(sampler, range(3), history, ng=2, prefetch=prefetch)
         orders.append(history)
     assert orders[0] == orders[1]
+
+
+def _batches(stream: Iterator[int], size: int) -> Iterator[list[int]]:
+    while batch := list(itertools.islice(stream, size)):
+        yield batch
+
+
+def _drive_like_trainer(sampler: CurriculumSampler, epochs: range, ga: int, workers: int, ng: int) -> list:
+    """Iterate like transformers' Trainer on an accelerate DataLoader: each optimizer step fetches ``ga``
+    batches (``get_batch_samples``), accelerate reads one batch beyond those and DataLoader workers
+    ``workers`` more; a batch is one repeat of a chunk, and a chunk is observed when its first batch
+    trains. Returns the chunks in training order."""
+    per_batch = sampler.batch_size * sampler.mini_repeat_count
+    chunks: list[list[int]] = []
+    for epoch in epochs:
+        sampler.set_epoch(epoch)
+        batches = _batches(iter(sampler), per_batch)
+        drawn = deque(itertools.islice(batches, 1 + workers))
+        trained = 0
+        while drawn:
+            step = []
+            for _ in range(ga):
+                if drawn:
+                    step.append(drawn.popleft())
+                    drawn.extend(itertools.islice(batches, 1))
+            for batch in step:
+                if trained % sampler.repeat_count == 0:
+                    chunks.append(batch[:: sampler.mini_repeat_count])
+                    _observe(sampler, chunks[-1], len(chunks) - 1, ng)
+                trained += 1
+    return chunks
+
+
+@pytest.mark.parametrize(
+    ("ga", "rep", "workers"), [(1, 1, 0), (4, 1, 0), (4, 2, 0), (4, 4, 0), (3, 2, 2), (2, 3, 1), (5, 2, 4)]
+)
+def test_lookahead_lag_covers_a_gradient_accumulation_step(ga: int, rep: int, workers: int) -> None:
+    """With the trainer's fetch pattern the order equals observing every chunk right after it trains."""
+
+    def build(lag: int) -> CurriculumSampler:
+        types = _types(36)
+        return CurriculumSampler(
+            types, mini_repeat_count=2, batch_size=2, repeat_count=rep, adaptive=True, num_epochs=3, lag=lag
+        )
+
+    lag = lookahead_lag(ga + workers, rep)
+    reference: list[list[int]] = []
+    _drive(build(lag), range(3), reference, ng=2, prefetch=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _drive_like_trainer(build(lag), range(3), ga, workers, ng=2) == reference
+    if lag > 1:  # one chunk less and the first optimizer step already outruns the observations
+        with pytest.warns(UserWarning, match="expects observations"):
+            _drive_like_trainer(build(lag - 1), range(3), ga, workers, ng=2)
+
+
+def test_lookahead_lag_values() -> None:
+    assert lookahead_lag(1, 1) == 2  # one batch of prefetch, one batch per chunk: the historic default
+    assert lookahead_lag(4, 1) == 5 and lookahead_lag(4, 2) == 3 and lookahead_lag(4, 4) == 2
+    with pytest.raises(ValueError, match="batches_per_chunk"):
+        lookahead_lag(1, 0)
 
 
 # ------------------------------------------------------------------------------------ resume

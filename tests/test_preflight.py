@@ -1,9 +1,12 @@
-"""Preflight: each check fires on a crafted recipe, names the key and the fix; the shipped recipes pass
-at their documented launches; the batch arithmetic agrees with TRL's own."""
+"""Preflight: each check fires on a crafted recipe, names the key and the fix; the batch errors are TRL's
+own at the launch's world size; the shipped recipes pass at their documented launches; the summary
+reports the geometry TRL resolves."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,17 +15,20 @@ from unittest import mock
 import pytest
 from test_recipes import SEVEN_B_LAUNCHES
 
+from cxmind.training import preflight
 from cxmind.training.grpo import CXMindGRPOConfig
 from cxmind.training.preflight import (
     Finding,
+    GRPOGeometry,
     LaunchSettings,
     assume_training_gpu,
     check_recipe,
+    describe_recipe,
     format_findings,
-    grpo_geometry,
     image_tokens,
     model_spec,
     raise_for_errors,
+    stage_config_at,
     training_state_gib,
 )
 from cxmind.training.recipe import Recipe, RecipeError, load_recipe
@@ -40,6 +46,7 @@ GRPO_ARGS: dict[str, Any] = {
     "max_completion_length": 1024,
     "bf16": True,
     "activation_checkpointing": True,
+    "save_steps": 64,  # whole rollouts at every tested launch (TRL's default 500 is not at 1 process)
 }
 
 
@@ -47,6 +54,16 @@ GRPO_ARGS: dict[str, Any] = {
 def _bf16_gpu() -> Iterator[None]:
     with assume_training_gpu():
         yield
+
+
+@pytest.fixture(autouse=True)
+def _workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run where the recipes' data/cxset record set exists, with the Hub reachable (no download happens)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "cxset").mkdir(parents=True)
+    (tmp_path / "data" / "cxset" / "cxmind_data.json").write_text("{}", encoding="utf-8")
+    monkeypatch.setattr(preflight, "_hub_offline", lambda: False)
+    return tmp_path
 
 
 def make_recipe(
@@ -84,12 +101,14 @@ def test_a_sound_recipe_has_no_findings() -> None:
 
 
 def test_generation_batch_must_split_over_the_processes() -> None:
-    """Valid in one process (all TRL can check while parsing), broken at 3: 64 % (2 × 3) != 0."""
+    """Valid in one process (what parsing on a login node sees), broken at 3: TRL's error at 3 processes."""
     recipe = make_recipe()
     assert check_recipe(recipe, num_processes=1) == []
     finding = only(check_recipe(recipe, num_processes=3), "stages.g.generation_batch_size")
     assert finding.level == "error"
-    assert "2 × 3 = 6" in finding.message and "set generation_batch_size to 72" in finding.message
+    assert "generation_batch_size (64) must be divisible by the global batch size (6)" in finding.message
+    assert "(at 3 processes)" in finding.message
+    assert "set generation_batch_size to 72" in finding.message  # 66 would still break num_generations 8
 
 
 def test_generation_batch_must_hold_whole_groups() -> None:
@@ -99,7 +118,7 @@ def test_generation_batch_must_hold_whole_groups() -> None:
     )
     finding = only(check_recipe(recipe, num_processes=3), "stages.g.steps_per_generation")
     assert finding.level == "error"
-    assert "= 6 must be divisible by num_generations (4)" in finding.message
+    assert "generation_batch_size (6) must be divisible by num_generations (4)" in finding.message
     assert "set steps_per_generation to 2" in finding.message  # 2 × 3 × 2 = 12
     fixed = make_recipe({"steps_per_generation": 2, "num_generations": 4}, drop=("generation_batch_size",))
     assert check_recipe(fixed, num_processes=3) == []
@@ -111,13 +130,15 @@ def test_generation_batch_size_not_a_multiple_of_num_generations() -> None:
     )
     findings = check_recipe(recipe, num_processes=2)
     finding = only(findings, "stages.g.generation_batch_size")
-    assert "divisible by num_generations (8)" in finding.message and "set it to 64" in finding.message
-    assert "stages.g" not in keys(findings)  # TRL's parse error is not repeated
+    assert "divisible by num_generations (8)" in finding.message
+    assert "set generation_batch_size to 64" in finding.message
+    assert "stages.g" not in keys(findings)  # one finding, on the key
 
 
 def test_too_few_generations() -> None:
     findings = check_recipe(make_recipe({"num_generations": 1}), num_processes=1)
-    assert only(findings, "stages.g.num_generations").level == "error"
+    finding = only(findings, "stages.g.num_generations")
+    assert finding.level == "error" and "at least 2 generations" in finding.message
     assert keys(findings) == {"stages.g.num_generations"}
 
 
@@ -130,14 +151,31 @@ def test_eval_batch_must_hold_whole_groups() -> None:
     recipe = make_recipe({"eval_strategy": "steps", "eval_steps": 10, "per_device_eval_batch_size": 3})
     findings = check_recipe(recipe, num_processes=2)
     finding = only(findings, "stages.g.per_device_eval_batch_size")
-    assert finding.level == "error" and "per-device eval batch of 4" in finding.message
+    assert finding.level == "error" and "global eval batch size (3 * 2)" in finding.message
+    assert "set per_device_eval_batch_size to 4" in finding.message
 
 
 def test_rollout_not_aligned_with_optimizer_steps_warns() -> None:
     # 64 / (2 × 4) = 8 micro-batches per rollout, optimizer steps of 3
-    findings = check_recipe(make_recipe({"gradient_accumulation_steps": 3}), num_processes=4)
-    finding = only(findings, "stages.g.gradient_accumulation_steps")
+    recipe = make_recipe({"gradient_accumulation_steps": 3, "save_strategy": "epoch"})
+    finding = only(check_recipe(recipe, num_processes=4), "stages.g.gradient_accumulation_steps")
     assert finding.level == "warning" and "divide steps_per_generation" in finding.message
+    # saving by steps (TrainingArguments' default) cannot stay on rollout boundaries at all
+    finding = only(
+        check_recipe(make_recipe({"gradient_accumulation_steps": 3}), num_processes=4), "stages.g.save_steps"
+    )
+    assert finding.level == "error" and "gradient_accumulation_steps (3) to divide" in finding.message
+
+
+def test_checkpoints_must_fall_between_rollouts_at_the_launch() -> None:
+    """save_steps 12: whole rollouts of 2 steps at 4 processes (steps_per_generation 8, accumulation 4),
+    not of 8 steps at 1 process (steps_per_generation 32)."""
+    recipe = make_recipe({"save_strategy": "steps", "save_steps": 12})
+    assert check_recipe(recipe, num_processes=4) == []
+    finding = only(check_recipe(recipe, num_processes=1), "stages.g.save_steps")
+    assert finding.level == "error"
+    assert "save_steps=12 is not a whole number of rollouts" in finding.message
+    assert "32 × 1 = 32 micro-batches" in finding.message and "e.g. 8 or 16" in finding.message
 
 
 def test_number_read_as_text() -> None:
@@ -151,15 +189,97 @@ def test_parse_errors_become_findings() -> None:
     findings = check_recipe(make_recipe({"learning_rte": 1.0e-6}), num_processes=1)
     finding = only(findings, "stages.g")
     assert finding.level == "error" and "learning_rate" in finding.message  # "did you mean"
+    # TRL's other refusals land on the field they name
+    findings = check_recipe(make_recipe({"log_completions_hub_repo": "me/logs"}), num_processes=1)
+    assert "log_completions is False" in only(findings, "stages.g.log_completions_hub_repo").message
+
+
+@pytest.mark.parametrize(
+    ("args", "key", "expected"),
+    [
+        ({"bf16": "maybe"}, "bf16", "'maybe' is not true or false"),
+        ({"per_device_train_batch_size": 2.5}, "per_device_train_batch_size", "2.5 is not an integer"),
+        ({"max_completion_length": "1k"}, "max_completion_length", "'1k' is not an integer or null"),
+        ({"num_generations": "8"}, "num_generations", "'8' was read as text, not a number; write 8"),
+        ({"curriculum": "linear"}, "curriculum", "is not one of ['mixed', 'sequential', 'ramp']"),
+        ({"reward_weights": [1, "x"]}, "reward_weights", "is not a list of a number or null"),
+        ({"gate": 1}, "gate", "1 is not true or false"),
+    ],
+)
+def test_values_must_have_the_field_type(args: dict[str, Any], key: str, expected: str) -> None:
+    """parse_dict converts nothing: without this bf16 "maybe" trains as bf16 true."""
+    findings = check_recipe(make_recipe(args), num_processes=1)
+    finding = only(findings, f"stages.g.{key}")
+    assert finding.level == "error" and expected in finding.message, finding.message
+    assert keys(findings) == {f"stages.g.{key}"}  # the stage is not parsed with a wrong value
+
+
+def test_recipe_level_values_must_have_the_field_type() -> None:
+    findings = check_recipe(make_recipe(hub_private="maybe", max_pixels="1M"), num_processes=1)
+    assert "is not true or false" in only(findings, "hub_private").message
+    assert "'1M' is not an integer or null" in only(findings, "max_pixels").message
+    lora = make_recipe(peft={"method": "lora", "between_stages": "continue", "train_vision_tower": "no"})
+    assert (
+        "'no' is not true or false"
+        in only(check_recipe(lora, num_processes=1), "peft.train_vision_tower").message
+    )
+
+
+# -- paths and the Hub -----------------------------------------------------------------------------
+
+
+def test_missing_model_and_data(_workdir: Path) -> None:
+    recipe = make_recipe(model="runs/previous/merged")
+    assert (
+        "runs/previous/merged is not a model folder"
+        in only(check_recipe(recipe, num_processes=1), "model").message
+    )
+    (_workdir / "runs" / "previous" / "merged").mkdir(parents=True)
+    assert "without config.json" in only(check_recipe(recipe, num_processes=1), "model").message
+    (_workdir / "runs" / "previous" / "merged" / "config.json").write_text("{}", encoding="utf-8")
+    assert check_recipe(recipe, num_processes=1) == []
+
+    for path, level, expected in [
+        ("data/cxsett", "error", "data/cxsett not found"),  # data/ exists: a local typo
+        ("records.jsonl", "error", "records.jsonl not found"),
+        ("/nowhere/set", "error", "/nowhere/set not found"),
+        ("org/instructions", "warning", "will be loaded as a Hub dataset id"),
+    ]:
+        raw = make_recipe()
+        raw.stages[0].data[0].path = path
+        finding = only(check_recipe(raw, num_processes=1), "stages.g.data")
+        assert (finding.level, expected in finding.message) == (level, True), finding
+
+
+def test_offline_hub_model_must_be_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(preflight, "_hub_offline", lambda: True)
+    finding = only(check_recipe(make_recipe(), num_processes=1), "model")
+    assert finding.level == "error" and "HF_HUB_OFFLINE" in finding.message
+    with mock.patch("huggingface_hub.try_to_load_from_cache", return_value="/cache/config.json"):
+        assert check_recipe(make_recipe(), num_processes=1) == []
+
+
+def test_push_to_hub_needs_hub_model_id() -> None:
+    """The pipeline pushes after a stage has trained; without hub_model_id the push fails only then."""
+    recipe = make_recipe()
+    recipe.stages[0].push_to_hub = True
+    finding = only(check_recipe(recipe, num_processes=1), "stages.g.push_to_hub")
+    assert finding.level == "error" and "hub_model_id" in finding.message
+    recipe.hub_model_id = "org/cxmind"
+    assert check_recipe(recipe, num_processes=1) == []
+    trl_push = make_recipe({"push_to_hub": True})
+    assert only(check_recipe(trl_push, num_processes=1), "stages.g.push_to_hub").level == "warning"
 
 
 # -- vLLM ------------------------------------------------------------------------------------------
 
 VLLM = {"use_vllm": True, "vllm_mode": "colocate"}
+# a batch that splits over 3 and 4 processes (48 = 2 × 3 × 8 = 2 × 4 × 6), to reach the checks after TRL's
+BATCH_3_OR_4 = {"generation_batch_size": 48, "gradient_accumulation_steps": 2, "save_strategy": "no"}
 
 
 def test_vllm_tensor_parallel_must_divide_the_processes() -> None:
-    recipe = make_recipe({**VLLM, "vllm_tensor_parallel_size": 2})
+    recipe = make_recipe({**VLLM, **BATCH_3_OR_4, "vllm_tensor_parallel_size": 2})
     assert check_recipe(recipe, num_processes=4) == []
     finding = only(check_recipe(recipe, num_processes=3), "stages.g.vllm_tensor_parallel_size")
     assert finding.level == "error" and "use one of [1]" in finding.message  # 3 is not allowed by 7B's heads
@@ -208,7 +328,9 @@ def test_lora_zero3_vllm_gathers_the_whole_model() -> None:
 
 
 def test_server_mode_ignores_colocate_settings() -> None:
-    recipe = make_recipe({"use_vllm": True, "vllm_mode": "server", "vllm_tensor_parallel_size": 4})
+    recipe = make_recipe(
+        {**BATCH_3_OR_4, "use_vllm": True, "vllm_mode": "server", "vllm_tensor_parallel_size": 4}
+    )
     finding = only(check_recipe(recipe, num_processes=3), "stages.g.vllm_tensor_parallel_size")
     assert finding.level == "warning" and "trl vllm-serve" in finding.message
 
@@ -279,7 +401,10 @@ def test_sft_training_state_warns() -> None:
     assert finding.level == "warning" and "123.7 GiB" in finding.message
 
 
-def test_unknown_models_skip_the_memory_checks() -> None:
+def test_unknown_models_skip_the_memory_checks(_workdir: Path) -> None:
+    model = _workdir / "runs" / "previous" / "grpo_closed"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}", encoding="utf-8")
     recipe = make_recipe({**VLLM, "vllm_gpu_memory_utilization": 0.01}, model="runs/previous/grpo_closed")
     assert check_recipe(recipe, num_processes=1, gpu_memory_gib=24) == []
 
@@ -387,36 +512,82 @@ def test_model_spec() -> None:
 @pytest.mark.parametrize(
     ("args", "processes"),
     [
-        (
-            {
-                "per_device_train_batch_size": 2,
-                "gradient_accumulation_steps": 10,
-                "generation_batch_size": 640,
-            },
-            8,
-        ),
-        (
-            {
-                "per_device_train_batch_size": 2,
-                "gradient_accumulation_steps": 20,
-                "generation_batch_size": 640,
-            },
-            4,
-        ),
-        ({"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2, "steps_per_generation": 8}, 3),
-        ({"per_device_train_batch_size": 3, "gradient_accumulation_steps": 4}, 2),
+        ({"gradient_accumulation_steps": 10, "generation_batch_size": 640}, 8),
+        ({"gradient_accumulation_steps": 20, "generation_batch_size": 640}, 4),
+        ({"gradient_accumulation_steps": 2, "steps_per_generation": 8}, 3),
+        ({"gradient_accumulation_steps": 4}, 2),
     ],
 )
-def test_geometry_agrees_with_trl(args: dict[str, Any], processes: int) -> None:
-    """grpo_geometry resolves generation_batch_size/steps_per_generation as GRPOConfig does there."""
+def test_configs_are_built_at_the_launch_world_size(args: dict[str, Any], processes: int) -> None:
+    """stage_config_at resolves the generation batch as TRL does in each of ``processes`` processes."""
     drop = tuple(k for k in ("generation_batch_size",) if k not in args)
-    recipe = make_recipe({**args, "num_generations": 2}, drop=drop)
+    recipe = make_recipe({**args, "num_generations": 2, "save_strategy": "no"}, drop=drop)
     stage = recipe.stage("g")
     with mock.patch.object(CXMindGRPOConfig, "world_size", property(lambda self: processes)):
         trl_config = recipe.stage_config(stage)
-    geometry = grpo_geometry(recipe.stage_config(stage), stage.args, processes)
-    assert geometry.generation_batch_size == trl_config.generation_batch_size
-    assert geometry.steps_per_generation == trl_config.steps_per_generation
+    config = stage_config_at(recipe, stage, processes)
+    assert (config.generation_batch_size, config.steps_per_generation) == (
+        trl_config.generation_batch_size,
+        trl_config.steps_per_generation,
+    )
+    geometry = GRPOGeometry.from_config(config, processes)
+    assert geometry.steps_per_rollout == config.steps_per_rollout
+    assert geometry.completions_per_step == 2 * processes * args["gradient_accumulation_steps"]
+    assert recipe.stage_config(stage).world_size == 1  # the patch does not outlive the build
+
+
+# -- the summary -----------------------------------------------------------------------------------
+
+
+def test_describe_the_7b_recipe_at_8_gpus() -> None:
+    recipe = load_recipe(RECIPES_DIR / "cxmind-qwen2.5-vl-7b/recipe.yaml")
+    rows = {"sft": 64_000, "grpo_closed": 6_400, "grpo_open": 3_200}
+    text = describe_recipe(recipe, num_processes=8, deepspeed_stage=3, gpu_memory_gib=80, rows=rows)
+    print(text)
+    assert (
+        "Qwen/Qwen2.5-VL-7B-Instruct (Qwen2.5-VL-7B), full fine-tuning, 8 processes, DeepSpeed ZeRO-3" in text
+    )
+    assert "image tokens per image: 336 to 5351" in text
+    assert "1 per device × 8 processes × 8 accumulation = 64 sequences per optimizer step" in text
+    assert "epoch: 64000 rows → 1000 optimizer steps; run: 2000 optimizer steps (2 epochs)" in text
+    assert "2 per device × 8 processes × 10 accumulation = 160 completions per optimizer step" in text
+    assert (
+        "generation batch 640 = 64 prompts × 10 generations; steps_per_generation 40 × num_iterations 1 = 40 "
+        "micro-batches = 4 optimizer step(s) per rollout"
+    ) in text
+    assert "epoch: 6400 rows → 100 rollouts = 400 optimizer steps; run: 400 optimizer steps (1 epoch)" in text
+    assert "epoch: 3200 rows → 50 rollouts = 200 optimizer steps; run: 400 optimizer steps (2 epochs)" in text
+    assert text.count("checkpoints: every 64 optimizer steps = 16 rollouts") == 2
+    assert "KL reference: a frozen copy of the stage's starting model runs/cxmind-qwen2.5-vl-7b/sft" in text
+    # 16 bytes/param over 8 GPUs + the bf16 reference over 8: (16 + 2) × 8.3e9 / 8 B = 17.4 GiB
+    assert "memory per GPU: training state ~17.4 GiB" in text
+    assert "vLLM weights ~7.7 GiB (tensor parallel 2)" in text
+
+
+def test_describe_counts_local_rows(_workdir: Path) -> None:
+    rows = [{"prompt": f"question {i}", "completion": "answer"} for i in range(10)]
+    (_workdir / "instructions.jsonl").write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    recipe = make_recipe(sft={"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2})
+    recipe.stages[0].data[0].path = "instructions.jsonl"
+    text = describe_recipe(recipe, num_processes=1)
+    assert "epoch: 10 rows → 3 optimizer steps; run: 9 optimizer steps (3 epochs)" in text  # ceil(10/2/2)
+    assert "training rows unknown" in text  # the GRPO stage's data/cxset is a stand-in without records
+
+
+def test_describe_names_the_kl_reference_of_lora_continue() -> None:
+    """between_stages continue: the previous stage's adapter, loaded frozen as TRL's "ref" adapter."""
+    recipe = make_recipe({"beta": 0.04}, sft={}, peft={"method": "lora", "between_stages": "continue"})
+    recipe.stages.append(dataclasses.replace(recipe.stages[1], name="g2"))
+    text = describe_recipe(recipe, num_processes=1, rows={})
+    assert "KL reference: the adapter runs/x/sft on Qwen/Qwen2.5-VL-7B-Instruct as the stage starts" in text
+    assert "KL reference: the adapter runs/x/g on" in text and "'ref' adapter" in text
+    merge = make_recipe({"beta": 0.04}, peft={"method": "lora"})
+    assert "KL reference: Qwen/Qwen2.5-VL-7B-Instruct itself: the stage's fresh adapter switched off" in (
+        describe_recipe(merge, num_processes=1, rows={})
+    )
+    assert "KL reference: none (beta 0" in describe_recipe(
+        make_recipe({"beta": 0.0}), num_processes=1, rows={}
+    )
 
 
 # -- launch settings -------------------------------------------------------------------------------

@@ -133,6 +133,45 @@ def test_7b_batch_arithmetic(gpus: int) -> None:
         assert c.steps_per_generation % c.gradient_accumulation_steps == 0
 
 
+def _grpo_accumulation(value: int) -> list[str]:
+    return [
+        "--stages.grpo_closed.gradient_accumulation_steps",
+        str(value),
+        "--stages.grpo_open.gradient_accumulation_steps",
+        str(value),
+    ]
+
+
+# Every launch the recipes document: (recipe, overrides, processes).
+DOCUMENTED_LAUNCHES = [
+    (SEVEN_B, [], 8),
+    (SEVEN_B, SEVEN_B_LAUNCHES[4], 4),
+    (SEVEN_B, _grpo_accumulation(5), 16),
+    (RECIPES_DIR / "qwen2.5-vl-3b.yaml", [], 4),
+    (RECIPES_DIR / "qwen2.5-vl-3b.yaml", _grpo_accumulation(2), 8),
+    (RECIPES_DIR / "lora-single-gpu.yaml", [], 1),
+    (RECIPES_DIR / "qlora.yaml", [], 1),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "overrides", "gpus"),
+    DOCUMENTED_LAUNCHES,
+    ids=[f"{p.relative_to(RECIPES_DIR).as_posix()}@{n}" for p, _, n in DOCUMENTED_LAUNCHES],
+)
+def test_grpo_checkpoints_fall_between_rollouts(path: Path, overrides: list[str], gpus: int) -> None:
+    """A checkpoint inside a rollout cannot be resumed exactly (TRL restarts its micro-batch counter), so
+    save_steps must be a whole number of rollouts — at the launch, and in the one process of a login node
+    that parses the recipe for `--check`. Every recipe has 4 optimizer steps per rollout at its launch."""
+    recipe = _load(path, overrides)
+    for stage in ("grpo_closed", "grpo_open"):
+        for world_size in sorted({gpus, 1}):
+            c = _parsed_at(recipe, stage, world_size)  # CXMindGRPOConfig refuses misaligned checkpoints
+            assert c.save_strategy.value == "steps" and c.save_steps % c.steps_per_rollout == 0
+        c = _parsed_at(recipe, stage, gpus)
+        assert c.steps_per_rollout == 4 and c.save_steps == 64  # 16 rollouts
+
+
 def test_recipe_readme_lists_every_recipe() -> None:
     readme = (RECIPES_DIR / "README.md").read_text(encoding="utf-8")
     for path in [*RECIPES, *ACCELERATE_CONFIGS]:

@@ -1,14 +1,16 @@
 """SFT on cxmind records: lazy images, completion-only labels, no truncation through images, training."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
+from trl.trainer import sft_trainer
 
 from cxmind.data.images import PathEscapeError
 from cxmind.training import data as training_data
 from cxmind.training.data import DataSource, load_training_data, plain_column
-from cxmind.training.sft import CXMindSFTConfig, CXMindSFTTrainer, SequenceTooLongError
+from cxmind.training.sft import CXMindSFTConfig, CXMindSFTTrainer, CXMindVisionCollator, SequenceTooLongError
 
 pytestmark = pytest.mark.slow
 
@@ -165,3 +167,28 @@ def test_a_two_image_record_collates_both_images(phantom_records, tiny_qwen25_vl
         == int(batch["image_grid_thw"].prod(dim=1).sum()) // merge
     )
     assert (batch["labels"][batch["input_ids"] == image_pad] == -100).all()
+
+
+def test_every_field_of_trls_collator_survives(phantom_records, tiny_qwen25_vl_path, tmp_path, monkeypatch):
+    """The replacement collator keeps all of TRL's settings (only truncation moves to length_limit)."""
+    built = []
+
+    @dataclasses.dataclass
+    class Marked(sft_trainer.DataCollatorForVisionLanguageModeling):
+        return_tensors: str = "np"  # a value SFTTrainer never passes, so only copying all fields keeps it
+
+        def __post_init__(self):
+            built.append(self)
+
+    monkeypatch.setattr(sft_trainer, "DataCollatorForVisionLanguageModeling", Marked)
+    ds = load_training_data([{"path": str(phantom_records), "task_types": ["closed"]}], kind="sft")
+    args = sft_args(tmp_path, pad_to_multiple_of=8, max_length=1024)
+    trainer = CXMindSFTTrainer(model=str(tiny_qwen25_vl_path), args=args, train_dataset=ds)
+    [trl_collator] = built
+    ours = trainer.data_collator
+    assert isinstance(ours, CXMindVisionCollator) and ours.length_limit == 1024 and ours.max_length is None
+    names = [f.name for f in dataclasses.fields(trl_collator)]
+    assert "return_tensors" in names and ours.return_tensors == "np"
+    for name in names:
+        if name != "max_length":
+            assert getattr(ours, name) == getattr(trl_collator, name), name

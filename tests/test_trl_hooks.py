@@ -4,6 +4,7 @@ cxmind pins trl to one minor release (pyproject); when that pin moves, these fai
 which override to revisit instead of letting a renamed hook silently stop being called.
 """
 
+import dataclasses
 import inspect
 
 import pytest
@@ -13,12 +14,16 @@ from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 from cxmind.training.checkpoint import ConvertedCheckpointMixin
 from cxmind.training.grpo import CXMindGRPOTrainer
-from cxmind.training.sft import CXMindSFTTrainer
+from cxmind.training.sft import CXMindSFTTrainer, CXMindVisionCollator
 
 HOOKS = [
     (GRPOTrainer, "_calculate_rewards", ["self", "inputs", "prompts", "completions", "completion_ids_list"]),
     (GRPOTrainer, "_get_train_sampler", ["self", "dataset"]),
     (GRPOTrainer, "_save_checkpoint", ["self", "model", "trial"]),
+    (Trainer, "_get_output_dir", ["self", "trial"]),
+    (Trainer, "_push_from_checkpoint", ["self", "checkpoint_folder"]),
+    (GRPOTrainer, "evaluate", ["self", "eval_dataset", "ignore_keys", "metric_key_prefix"]),
+    (GRPOTrainer, "set_initial_training_values", ["self", "args", "dataloader"]),
     (GRPOTrainer, "_load_optimizer_and_scheduler", ["self", "checkpoint"]),
     (Trainer, "_load_from_checkpoint", ["self", "resume_from_checkpoint", "model"]),
     (DataCollatorForVisionLanguageModeling, "torch_call", ["self", "examples"]),
@@ -35,24 +40,32 @@ def test_overridden_hook_keeps_its_signature(owner, name, parameters):
 
 
 def test_our_overrides_are_the_ones_called():
-    assert CXMindGRPOTrainer._calculate_rewards is not GRPOTrainer._calculate_rewards
-    assert CXMindGRPOTrainer._get_train_sampler is not GRPOTrainer._get_train_sampler
+    for name in ("_calculate_rewards", "_get_train_sampler", "evaluate", "set_initial_training_values"):
+        assert getattr(CXMindGRPOTrainer, name) is not getattr(GRPOTrainer, name), name
     for trainer in (CXMindGRPOTrainer, CXMindSFTTrainer):
         assert trainer._load_from_checkpoint is ConvertedCheckpointMixin._load_from_checkpoint
     assert issubclass(CXMindSFTTrainer, SFTTrainer)
 
 
-def test_collator_fields_cxmind_copies_exist():
-    fields = set(DataCollatorForVisionLanguageModeling.__dataclass_fields__)
-    assert {
-        "processor",
-        "max_length",
-        "completion_only_loss",
-        "pad_to_multiple_of",
-        "dataset_text_field",
-        "assistant_only_loss",
-        "chat_template",
-    } <= fields
+def test_checkpoint_pushes_happen_inside_save_checkpoint():
+    """cxmind_state.json is written before calling the parent's _save_checkpoint, so before its push and
+    its trainer_state.json; that holds while transformers pushes from inside that call."""
+    source = inspect.getsource(Trainer._save_checkpoint)
+    assert "self._push_from_checkpoint(" in source and "TRAINER_STATE_NAME" in source
+
+
+def test_initial_training_values_end_with_max_steps():
+    """set_initial_training_values' 7-tuple is unpacked by position (steps per epoch 2nd, max_steps last)."""
+    returned = inspect.getsource(Trainer.set_initial_training_values).rsplit("return (", 1)[1].split(")")[0]
+    names = [name.strip() for name in returned.split(",") if name.strip()]
+    assert len(names) == 7 and names[1] == "num_update_steps_per_epoch" and names[-1] == "max_steps"
+
+
+def test_collator_fields_are_all_carried_over():
+    """CXMindVisionCollator takes every init field of TRL's collator (max_length forced to None)."""
+    trl_fields = {f.name for f in dataclasses.fields(DataCollatorForVisionLanguageModeling) if f.init}
+    ours = {f.name for f in dataclasses.fields(CXMindVisionCollator) if f.init}
+    assert {"processor", "max_length"} <= trl_fields and trl_fields | {"length_limit"} == ours
 
 
 def test_zero3_loaded_models_save_standard_names(tiny_qwen25_vl_path, tmp_path, monkeypatch):

@@ -11,9 +11,9 @@ layout (chunks of ``batch_size`` prompts, each chunk ``repeat_count`` times, eac
 
 Every rank builds its own sampler, so all randomness comes from ``random.Random`` seeded with
 ``(seed, epoch, ...)``, adaptive decisions for chunk ``c`` only read observations ``<= c - lag``
-(the DataLoader draws ahead of training), and :meth:`state_dict` records the drawn chunks of the
-current epoch so a resumed run replays them before it draws on: the order never depends on where
-a run was interrupted.
+(the DataLoader draws ahead of training: :func:`lookahead_lag` sizes ``lag``), and
+:meth:`state_dict` records the drawn chunks of the current epoch so a resumed run replays them
+before it draws on: the order never depends on where a run was interrupted.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 
 from torch.utils.data import Sampler
 
-__all__ = ["SCHEDULES", "STATS_KEYS", "CurriculumSampler", "ramp_share"]
+__all__ = ["SCHEDULES", "STATS_KEYS", "CurriculumSampler", "lookahead_lag", "ramp_share"]
 
 SCHEDULES = ("mixed", "sequential", "ramp")
 STATS_KEYS = (
@@ -52,6 +52,19 @@ def ramp_share(t: int, total: int, start: float, end: float) -> float:
     if t >= hi:
         return 0.0
     return 1.0 - (t - lo) / (hi - lo)
+
+
+def lookahead_lag(batches_ahead: int, batches_per_chunk: int) -> int:
+    """Smallest safe ``lag`` when up to ``batches_ahead`` batches past the first untrained one are drawn.
+
+    A chunk spans ``batches_per_chunk`` consecutive data-loader batches (``repeat_count``) and is
+    observed when its first batch trains. If batch ``p`` is the first not yet trained on, chunks
+    ``< ceil(p / B)`` are observed and the sampler may have drawn chunk ``floor((p + ahead) / B)``,
+    so ``ahead // B + 1`` chunks of lag always find their observations, whatever the timing.
+    """
+    _check_int("batches_ahead", batches_ahead, 0)
+    _check_int("batches_per_chunk", batches_per_chunk, 1)
+    return batches_ahead // batches_per_chunk + 1
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
@@ -132,6 +145,7 @@ class CurriculumSampler(Sampler[int]):
         self.revisit_after = revisit_after
         self.lag, self.shuffle, self.seed = lag, shuffle, seed
         self.chunks_per_epoch = self.num_rows // batch_size
+        self.run_chunks = num_epochs * self.chunks_per_epoch  # the ramp's length; see set_run_length
         rank = {name: i for i, name in enumerate(stages)}
         self._stage = [rank.get(kind, len(stages) - 1) for kind in types]
         if schedule == "mixed":
@@ -157,6 +171,8 @@ class CurriculumSampler(Sampler[int]):
             "shuffle": bool(shuffle),
             "seed": seed,
         }
+        if schedule == "ramp":  # only the ramp depends on the run's length
+            self._config["run_chunks"] = self.run_chunks
         self._observations = 0
         self._pending: list[tuple[int, list[Group]]] = []
         # row -> (consecutive flat groups, epoch it saturated in or -1, mean reward of its last group)
@@ -170,6 +186,17 @@ class CurriculumSampler(Sampler[int]):
     # ----------------------------------------------------------------------------------- sampling
     def __len__(self) -> int:
         return self.chunks_per_epoch * self.batch_size * self.mini_repeat_count * self.repeat_count
+
+    def set_run_length(self, total_chunks: int) -> None:
+        """Spread the ramp over the run's real length in global chunks (default: ``num_epochs`` whole epochs).
+
+        A trainer whose run ends mid-epoch (``max_steps``, fractional ``num_train_epochs``) sets this
+        before the first draw, or the ramp would stop short of its end.
+        """
+        _check_int("total_chunks", total_chunks, 1)
+        self.run_chunks = total_chunks
+        if "run_chunks" in self._config:
+            self._config["run_chunks"] = total_chunks
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the Trainer before each epoch; setting the current epoch again keeps its replay."""
@@ -208,7 +235,7 @@ class CurriculumSampler(Sampler[int]):
         g = self._epoch * self.chunks_per_epoch + c
         self._apply_observations(g - self.lag)
         stage_rng, fill_rng = self._rng("stage", self._epoch, c), self._rng("fill", self._epoch, c)
-        share = ramp_share(g, self.num_epochs * self.chunks_per_epoch, self.ramp_start, self.ramp_end)
+        share = ramp_share(g, self.run_chunks, self.ramp_start, self.ramp_end)
         chunk = []
         for _ in range(self.batch_size):
             if self.schedule == "ramp":
@@ -313,7 +340,7 @@ class CurriculumSampler(Sampler[int]):
             warnings.warn(
                 f"CurriculumSampler: chunk {upto + self.lag} expects observations up to #{upto} but only "
                 f"{self._observations} arrived; ranks and resumed runs may now order prompts differently "
-                "(raise lag above the DataLoader prefetch depth)",
+                "(lag must cover the batches the trainer and DataLoader fetch ahead: see lookahead_lag)",
                 stacklevel=3,
             )
         keep = []

@@ -9,10 +9,12 @@ loudly if TRL changes their signatures):
   equal to a single-process computation on the same batch (docs/rewards.md §4). The curriculum sampler's
   statistics are fed from the same gathered batch.
 - ``_get_train_sampler`` returns a :class:`~cxmind.training.curriculum.CurriculumSampler`, which
-  keeps TRL's ``RepeatSampler`` batch geometry.
+  keeps TRL's ``RepeatSampler`` batch geometry; ``set_initial_training_values`` hands it the run's
+  real length (the Trainer's ``max_steps``) so the ramp ends with the run.
 
 Gate and sampler state go into ``cxmind_state.json`` in every checkpoint (the pattern TRL uses
-for its adaptive entropy state) and are restored on resume.
+for its adaptive entropy state), written before the parent saves (and pushes) the checkpoint, and
+are restored on resume. Each ``evaluate()`` starts from a fresh eval gate.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import datasets
 import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer
@@ -33,7 +36,7 @@ from cxmind.rewards.gate import DEFAULT_EMA_ALPHA, DEFAULT_MARGIN
 from cxmind.rewards.scoring import DEFAULT_W_CLOSED, DEFAULT_W_OPEN, MODES
 from cxmind.rewards.similarity import DEFAULT_ALPHA
 from cxmind.training.checkpoint import ConvertedCheckpointMixin
-from cxmind.training.curriculum import CurriculumSampler
+from cxmind.training.curriculum import CurriculumSampler, lookahead_lag
 from cxmind.training.data import plain_column
 
 __all__ = ["STATE_FILE", "CXMindGRPOConfig", "CXMindGRPOTrainer"]
@@ -98,6 +101,74 @@ class CXMindGRPOConfig(GRPOConfig):
         if self.reward_mode not in MODES:
             raise ValueError(f"reward_mode must be one of {MODES}, got {self.reward_mode!r}")
         super().__post_init__()
+        self._check_checkpoints_at_rollout_boundaries()
+
+    @property
+    def steps_per_rollout(self) -> int:
+        """Optimizer steps in one rollout: the steps that consume one generation batch, reused
+        ``num_iterations`` times, rounded up to whole steps when a step spans several rollouts.
+
+        TRL's ``_prepare_inputs`` generates when its micro-batch counter ``_step`` is a multiple of
+        ``steps_per_generation * num_iterations`` and an optimizer step is
+        ``gradient_accumulation_steps`` micro-batches, so ``n`` steps end on a rollout boundary iff
+        ``n * gradient_accumulation_steps`` is a multiple of ``steps_per_generation * num_iterations``.
+        The smallest such ``n`` is ``lcm(gas, spg * num_iterations) / gas``.
+        """
+        from math import gcd
+
+        micro_batches = self.steps_per_generation * self.num_iterations
+        return micro_batches // gcd(micro_batches, self.gradient_accumulation_steps)
+
+    def _check_checkpoints_at_rollout_boundaries(self) -> None:
+        """Refuse checkpoints that fall inside a rollout: they cannot be resumed exactly.
+
+        TRL does not save its micro-batch counter or the buffered generation batch, so a run resumed
+        from a mid-rollout checkpoint generates the interrupted rollout a second time (the gate and
+        the curriculum count it twice) and every later rollout starts at a shifted step.
+        """
+        unit = self.steps_per_rollout
+        if unit == 1:
+            return
+        strategy = str(getattr(self.save_strategy, "value", self.save_strategy))
+        if strategy == "steps":
+            key, every = "save_steps", self.save_steps
+        elif strategy == "best" and str(getattr(self.eval_strategy, "value", self.eval_strategy)) == "steps":
+            key, every = "eval_steps", self.eval_steps  # save_strategy "best" saves only at evaluations
+        else:
+            return  # "no", or per epoch: an epoch is a whole number of rollouts
+        spg, iterations, accumulation = (
+            self.steps_per_generation,
+            self.num_iterations,
+            self.gradient_accumulation_steps,
+        )
+        why = (
+            f"a rollout (one generation batch, used num_iterations={iterations} times) spans "
+            f"steps_per_generation × num_iterations = {spg} × {iterations} = {spg * iterations} "
+            f"micro-batches and an optimizer step gradient_accumulation_steps = {accumulation}, so a rollout "
+            f"ends every {unit} optimizer steps; TRL resumes exactly only there (it restarts its micro-batch "
+            "counter, so a mid-rollout checkpoint would generate that rollout again and shift every later "
+            "one)"
+        )
+        if (spg * iterations) % accumulation:
+            raise ValueError(
+                f"checkpoints every {key} need gradient_accumulation_steps ({accumulation}) to divide "
+                f"steps_per_generation × num_iterations ({spg} × {iterations}): {why}, but an epoch may end "
+                "with a shorter optimizer step, after which the boundaries move; make steps_per_generation "
+                "a multiple of gradient_accumulation_steps, or save_strategy 'epoch'"
+            )
+        if every < 1 or every != int(every):
+            raise ValueError(
+                f"{key}={every} is a fraction of the run, which cannot be kept on rollout boundaries: {why}; "
+                f"set {key} to a multiple of {unit} optimizer steps"
+            )
+        every = int(every)
+        if every % unit:
+            below, above = every // unit * unit, (every // unit + 1) * unit
+            nearest = f"{below} or {above}" if below else str(above)
+            raise ValueError(
+                f"{key}={every} is not a whole number of rollouts: {why}; set {key} to a multiple of "
+                f"{unit}, e.g. {nearest}"
+            )
 
 
 class CXMindGRPOTrainer(ConvertedCheckpointMixin, GRPOTrainer):
@@ -120,15 +191,30 @@ class CXMindGRPOTrainer(ConvertedCheckpointMixin, GRPOTrainer):
             if args.reward_weights is None:
                 args.reward_weights = list(DEFAULT_REWARD_WEIGHTS)
         super().__init__(model, reward_funcs, args, *pos, **kwargs)
+        self._check_map_style(self.train_dataset)
         self._gate_columns = self._find_gate_columns() if getattr(args, "gate", False) else None
-        self.gates = {
-            mode: ConditionalGate(
-                ema_alpha=getattr(args, "gate_ema_alpha", DEFAULT_EMA_ALPHA),
-                margin=getattr(args, "gate_margin", DEFAULT_MARGIN),
-            )
-            for mode in ("train", "eval")
-        }
+        self.gates = {mode: self._new_gate() for mode in ("train", "eval")}
         self.curriculum_sampler: CurriculumSampler | None = None
+
+    def _check_map_style(self, dataset: Any) -> None:
+        """TRL streams an iterable dataset without a sampler: refuse it rather than drop the curriculum."""
+        args = self.args
+        schedule, adaptive = getattr(args, "curriculum", "mixed"), getattr(args, "curriculum_adaptive", False)
+        streamed = isinstance(dataset, (datasets.IterableDataset, torch.utils.data.IterableDataset))
+        if streamed and (schedule != "mixed" or adaptive):
+            raise ValueError(
+                f"curriculum={schedule!r} (curriculum_adaptive={adaptive}) needs a map-style train_dataset "
+                "with a known length: the CurriculumSampler orders rows by index, and TRL streams a "
+                f"{type(dataset).__name__} without any sampler, so the curriculum would be silently dropped. "
+                "Load the data without streaming (e.g. cxmind.training.data.load_training_data or "
+                "datasets.Dataset.from_generator), or set curriculum='mixed' and curriculum_adaptive=False"
+            )
+
+    def _new_gate(self) -> ConditionalGate:
+        return ConditionalGate(
+            ema_alpha=getattr(self.args, "gate_ema_alpha", DEFAULT_EMA_ALPHA),
+            margin=getattr(self.args, "gate_margin", DEFAULT_MARGIN),
+        )
 
     # -- gate ---------------------------------------------------------------------------------
 
@@ -179,6 +265,11 @@ class CXMindGRPOTrainer(ConvertedCheckpointMixin, GRPOTrainer):
         totals[torch.isnan(rewards).all(dim=1)] = math.nan
         self.curriculum_sampler.observe(indices, totals.tolist(), self.num_generations)
 
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        """Every evaluation starts from a fresh eval gate (its first batch is stable), so runs compare."""
+        self.gates["eval"] = self._new_gate()
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
     # -- curriculum ---------------------------------------------------------------------------
 
     def _get_train_sampler(self, dataset=None):
@@ -196,29 +287,40 @@ class CXMindGRPOTrainer(ConvertedCheckpointMixin, GRPOTrainer):
             stage_order=tuple(getattr(args, "curriculum_stage_order", ("closed", "open"))),
             ramp_start=getattr(args, "curriculum_ramp_start", 0.0),
             ramp_end=getattr(args, "curriculum_ramp_end", 1.0),
-            num_epochs=self._sampler_epochs(len(task_types) // batch_size, repeat_count),
             adaptive=getattr(args, "curriculum_adaptive", False),
             saturation_patience=getattr(args, "curriculum_saturation_patience", 1),
             revisit_after=getattr(args, "curriculum_revisit_after", 2),
-            lag=2 + args.dataloader_num_workers * (args.dataloader_prefetch_factor or 2),
+            # batches drawn past the first untrained one: a whole optimizer step (transformers'
+            # get_batch_samples), accelerate's one-batch prefetch, and the worker prefetch queue
+            lag=lookahead_lag(
+                args.gradient_accumulation_steps
+                + args.dataloader_num_workers * (args.dataloader_prefetch_factor or 2),
+                repeat_count,
+            ),
             shuffle=self.shuffle_dataset,
             seed=args.seed,
         )
         return self.curriculum_sampler
 
-    def _sampler_epochs(self, chunks_per_epoch: int, repeat_count: int) -> int:
-        """Epochs the run will take (the ramp spans them all)."""
-        args = self.args
-        if args.max_steps > 0 and chunks_per_epoch > 0:
-            batches = args.max_steps * args.gradient_accumulation_steps  # data-loader batches of the run
-            chunks = math.ceil(batches / repeat_count)
-            return max(1, math.ceil(chunks / chunks_per_epoch))
-        return max(1, math.ceil(args.num_train_epochs))
+    def set_initial_training_values(self, args, dataloader):
+        """The Trainer's own run length (``max_steps``, also for fractional epochs) sets the ramp's length."""
+        values = super().set_initial_training_values(args, dataloader)
+        _, steps_per_epoch, _, _, _, _, max_steps = values  # unpacking fails loudly if the tuple changes
+        sampler = self.curriculum_sampler
+        if sampler is not None and sampler.chunks_per_epoch > 0:
+            # an epoch is chunks_per_epoch * repeat_count batches per rank, steps_per_epoch optimizer steps
+            epoch_batches = sampler.chunks_per_epoch * sampler.repeat_count
+            full_epochs, steps = divmod(max_steps, steps_per_epoch)
+            last_batches = min(steps * args.gradient_accumulation_steps, epoch_batches)
+            chunks = full_epochs * sampler.chunks_per_epoch + math.ceil(last_batches / sampler.repeat_count)
+            sampler.set_run_length(max(1, chunks))
+        return values
 
     # -- checkpoint state -----------------------------------------------------------------------
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+        # Written first: the parent pushes the folder to the Hub (hub_strategy="checkpoint") and writes
+        # trainer_state.json inside this call, so neither a push nor a finished-looking checkpoint lacks it.
         if self.args.should_save:
             folder = os.path.join(
                 self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
@@ -226,8 +328,10 @@ class CXMindGRPOTrainer(ConvertedCheckpointMixin, GRPOTrainer):
             state = {"gate": self.gates["train"].state_dict()}
             if self.curriculum_sampler is not None:
                 state["curriculum"] = self.curriculum_sampler.state_dict()
+            os.makedirs(folder, exist_ok=True)
             with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as handle:
                 json.dump(state, handle)
+        super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)

@@ -1,10 +1,12 @@
 """Check a recipe against the launch it is meant for, before hours of queueing and loading.
 
-TRL validates a ``GRPOConfig`` when it is built, but several constraints depend on the launch — the
-number of processes, DeepSpeed/FSDP, the GPUs' memory — and TRL (or vLLM, or DeepSpeed) only trips on
-them after the model is loaded, sometimes by hanging. :func:`check_recipe` repeats TRL 1.16's batch
-checks with the real world size and adds the launch-dependent ones; every :class:`Finding` names the
-recipe key (in override syntax, ``stages.<stage>.<arg>``) and says what to change.
+Each stage's real ``GRPOConfig``/``SFTConfig`` is built as it will be in every process of the launch
+(:func:`at_world_size` patches ``TrainingArguments.world_size`` while it is built), so the batch errors
+reported are TRL's own, with the recipe key to change and the nearest value TRL accepts. On top come the
+checks no config can make: argument types (``HfArgumentParser.parse_dict`` passes ``bf16: maybe``
+through), model and data paths, Hub settings, vLLM and memory against the launch. Every
+:class:`Finding` names the recipe key (in override syntax, ``stages.<stage>.<arg>``) and says what to
+change; :func:`describe_recipe` prints what a sound recipe will do (batch geometry, image tokens, memory).
 
 Memory figures are deliberately rough (documented on :func:`training_state_gib`): they catch
 configurations that cannot fit, not ones that are merely tight, so memory problems beyond vLLM's own
@@ -14,17 +16,20 @@ weights are warnings.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import math
 import os
 import re
+import types
+import typing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from cxmind.training.recipe import Recipe, RecipeError, StageSpec
+from cxmind.training.recipe import PeftSettings, Recipe, RecipeError, StageSpec, config_class
 
 __all__ = [
     "KNOWN_MODELS",
@@ -33,12 +38,14 @@ __all__ = [
     "LaunchSettings",
     "ModelSpec",
     "assume_training_gpu",
+    "at_world_size",
     "check_recipe",
+    "describe_recipe",
     "format_findings",
-    "grpo_geometry",
     "image_tokens",
     "model_spec",
     "raise_for_errors",
+    "stage_config_at",
     "training_state_gib",
     "vllm_weights_gib",
 ]
@@ -50,7 +57,8 @@ PIXELS_PER_TOKEN = 784
 VISION_MARKERS = 2
 #: Tokens allowed for the chat template, system prompt and question around the image.
 QUESTION_ALLOWANCE = 512
-#: Qwen2.5-VL's image processor default ``max_pixels`` (used when a recipe sets none).
+#: Qwen2.5-VL's image processor defaults (used when a recipe sets none).
+DEFAULT_MIN_PIXELS = 3136
 DEFAULT_MAX_PIXELS = 12845056
 #: Bytes per parameter of full fine-tuning with AdamW in bf16 mixed precision: bf16 weights 2 + bf16
 #: grads 2 + fp32 master weights 4 + Adam moments 8.
@@ -62,6 +70,8 @@ QLORA_BYTES = 0.6
 MIN_KV_CACHE_GIB = 2.0
 #: Learning rate above which full-parameter GRPO is almost certainly a typo (the paper uses 1e-6).
 MAX_FULL_FT_GRPO_LR = 1e-4
+#: Data files ``load_training_data`` reads (anything else local must be a folder).
+DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
 
 
 @dataclass(frozen=True)
@@ -123,7 +133,7 @@ def image_tokens(max_pixels: int | None) -> int:
 
 @dataclass(frozen=True)
 class GRPOGeometry:
-    """A GRPO stage's batch as TRL will see it with ``num_processes`` processes."""
+    """A GRPO stage's batch as TRL resolved it (read from a config built at the launch's world size)."""
 
     per_device_train_batch_size: int
     num_processes: int
@@ -133,9 +143,21 @@ class GRPOGeometry:
     num_generations: int
     num_iterations: int
 
+    @classmethod
+    def from_config(cls, config: Any, num_processes: int) -> GRPOGeometry:
+        return cls(
+            per_device_train_batch_size=int(config.per_device_train_batch_size),
+            num_processes=num_processes,
+            gradient_accumulation_steps=int(config.gradient_accumulation_steps),
+            steps_per_generation=int(config.steps_per_generation),
+            generation_batch_size=int(config.generation_batch_size),
+            num_generations=int(config.num_generations),
+            num_iterations=int(config.num_iterations),
+        )
+
     @property
-    def prompts_per_rollout(self) -> float:
-        return self.generation_batch_size / self.num_generations
+    def prompts_per_rollout(self) -> int:
+        return self.generation_batch_size // self.num_generations
 
     @property
     def completions_per_step(self) -> int:
@@ -143,38 +165,22 @@ class GRPOGeometry:
         return self.per_device_train_batch_size * self.num_processes * self.gradient_accumulation_steps
 
     @property
-    def steps_per_rollout(self) -> float:
-        """Optimizer steps taken on one generation batch (TRL reuses it ``num_iterations`` times)."""
-        return self.steps_per_generation * self.num_iterations / self.gradient_accumulation_steps
+    def micro_batches_per_rollout(self) -> int:
+        """Micro-batches per process between two generations (TRL's ``generate_every``)."""
+        return self.steps_per_generation * self.num_iterations
 
+    @property
+    def steps_per_rollout(self) -> int:
+        """Optimizer steps from one rollout boundary to the next (as ``CXMindGRPOConfig``'s)."""
+        return self.micro_batches_per_rollout // math.gcd(
+            self.micro_batches_per_rollout, self.gradient_accumulation_steps
+        )
 
-def grpo_geometry(config: Any, args: Mapping[str, Any], num_processes: int) -> GRPOGeometry:
-    """The stage's geometry at ``num_processes``, resolved as ``GRPOConfig.__post_init__`` does.
-
-    ``args`` are the stage's raw recipe args: the parsed ``config`` already filled in
-    ``generation_batch_size``/``steps_per_generation`` for the world size of the parsing process,
-    so which of the two the user set is read from ``args``.
-    """
-    per_device = int(config.per_device_train_batch_size)
-    accumulation = int(config.gradient_accumulation_steps)
-    global_micro = per_device * num_processes
-    generation_batch_size = args.get("generation_batch_size")
-    steps = args.get("steps_per_generation")
-    if generation_batch_size is not None:
-        steps = int(generation_batch_size) // global_micro
-        total = int(generation_batch_size)
-    else:
-        steps = int(steps) if steps is not None else accumulation
-        total = global_micro * steps
-    return GRPOGeometry(
-        per_device_train_batch_size=per_device,
-        num_processes=num_processes,
-        gradient_accumulation_steps=accumulation,
-        steps_per_generation=steps,
-        generation_batch_size=total,
-        num_generations=int(config.num_generations),
-        num_iterations=int(config.num_iterations),
-    )
+    def steps_per_epoch(self, rows: int) -> tuple[int, int]:
+        """(rollouts, optimizer steps) of one epoch over ``rows`` prompts, as the Trainer counts them."""
+        rollouts = rows // self.prompts_per_rollout
+        micro_batches = rollouts * self.micro_batches_per_rollout
+        return rollouts, max(math.ceil(micro_batches / self.gradient_accumulation_steps), 1)
 
 
 @dataclass(frozen=True)
@@ -220,6 +226,16 @@ class LaunchSettings:
             fsdp=env.get("ACCELERATE_USE_FSDP", "").lower() == "true",
         )
 
+    def __str__(self) -> str:
+        sharding = (
+            f", DeepSpeed ZeRO-{self.deepspeed_stage}"
+            if self.deepspeed_stage
+            else ", FSDP"
+            if self.fsdp
+            else ""
+        )
+        return f"{self.num_processes} process{'es' if self.num_processes > 1 else ''}{sharding}"
+
 
 def local_gpu_memory_gib() -> float | None:
     """Memory of this machine's first GPU (None without CUDA): what a check inside the run compares with."""
@@ -253,6 +269,31 @@ def assume_training_gpu() -> Iterator[None]:
         mock.patch.object(training_args, "enable_tf32", lambda *a, **k: None),
     ):
         yield
+
+
+@contextlib.contextmanager
+def at_world_size(num_processes: int) -> Iterator[None]:
+    """Build configs as every process of a ``num_processes`` launch will, on the training GPUs.
+
+    ``GRPOConfig.__post_init__`` resolves the generation batch with ``TrainingArguments.world_size``
+    (accelerate's process count), the only launch-dependent input of config parsing; nothing else
+    reads it while a config is built.
+    """
+    from unittest import mock
+
+    from transformers import TrainingArguments
+
+    with (
+        assume_training_gpu(),
+        mock.patch.object(TrainingArguments, "world_size", property(lambda self: num_processes)),
+    ):
+        yield
+
+
+def stage_config_at(recipe: Recipe, stage: StageSpec, num_processes: int) -> Any:
+    """The stage's config as each process of a ``num_processes`` launch builds it (or RecipeError)."""
+    with at_world_size(num_processes):
+        return recipe.stage_config(stage)
 
 
 # -- memory estimates -----------------------------------------------------------------------------
@@ -320,36 +361,24 @@ def check_recipe(
 
     ``gpu_memory_gib`` (one GPU's memory) enables the memory checks; ``deepspeed_stage`` (0-3) or
     ``fsdp`` say how training state is sharded (see :class:`LaunchSettings` to read them from an
-    accelerate config).
+    accelerate config). Relative model and data paths are resolved against the working directory,
+    as the run resolves them.
     """
-    if num_processes < 1:
-        raise ValueError(f"num_processes must be >= 1, got {num_processes}")
-    if deepspeed_stage not in (None, 0, 1, 2, 3):
-        raise ValueError(f"deepspeed_stage must be 0-3 or None, got {deepspeed_stage!r}")
-    if fsdp and deepspeed_stage:
-        raise ValueError("a launch uses DeepSpeed or FSDP, not both")
-    launch = LaunchSettings(num_processes, deepspeed_stage, fsdp)
+    launch = _launch(num_processes, deepspeed_stage, fsdp)
     findings = _check_recipe_level(recipe, launch)
     for stage in recipe.stages:
-        typos = _check_numbers(stage)
+        findings += _check_stage_paths(stage)
+        typos = _check_types(stage)
         if typos:  # the other checks compute with these values
             findings += typos
             continue
-        # The batch checks read the raw args (TRL refuses some bad geometries while parsing, and its
-        # message would not name the key) ...
-        batch = _check_grpo_batch(stage, launch) if stage.type == "grpo" else []
-        findings += batch
         try:
-            with assume_training_gpu():
-                config = recipe.stage_config(stage)
+            config = stage_config_at(recipe, stage, launch.num_processes)
         except RecipeError as err:
-            # ... so a parse error they already explain (TRL's batch messages all say "generation")
-            # is not repeated.
-            explained = any(f.level == "error" for f in batch) and "generation" in str(err)
-            if not explained:
-                findings.append(Finding("error", f"stages.{stage.name}", str(err)))
+            findings.append(_parse_error(recipe, stage, err, launch.num_processes))
             continue
         if stage.type == "grpo":
+            findings += _check_rollouts(stage, config, launch)
             findings += _check_vllm(recipe, stage, config, launch)
             findings += _check_grpo_memory(recipe, stage, config, launch, gpu_memory_gib)
             findings += _check_grpo_context(recipe, stage, config)
@@ -365,6 +394,17 @@ def check_recipe(
                 )
         else:
             findings += _check_sft(recipe, stage, config, launch, gpu_memory_gib)
+        if config.push_to_hub and not config.hub_model_id:
+            findings.append(
+                _warn(
+                    stage,
+                    "push_to_hub",
+                    f"args.push_to_hub without args.hub_model_id pushes every checkpoint to a Hub repo named "
+                    f"{Path(config.output_dir).name!r} (TRL names it after the output folder); set "
+                    "args.hub_model_id, or use the stage's push_to_hub (outside args) with the recipe's "
+                    "hub_model_id",
+                )
+            )
     return sorted(findings, key=lambda f: f.level != "error")
 
 
@@ -381,6 +421,16 @@ def format_findings(findings: Sequence[Finding]) -> str:
     return "\n".join(str(f) for f in findings) if findings else "no problems found"
 
 
+def _launch(num_processes: int, deepspeed_stage: int | None, fsdp: bool) -> LaunchSettings:
+    if num_processes < 1:
+        raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+    if deepspeed_stage not in (None, 0, 1, 2, 3):
+        raise ValueError(f"deepspeed_stage must be 0-3 or None, got {deepspeed_stage!r}")
+    if fsdp and deepspeed_stage:
+        raise ValueError("a launch uses DeepSpeed or FSDP, not both")
+    return LaunchSettings(num_processes, deepspeed_stage, fsdp)
+
+
 def _key(stage: StageSpec, arg: str) -> str:
     return f"stages.{stage.name}.{arg}"
 
@@ -393,8 +443,255 @@ def _warn(stage: StageSpec, arg: str, message: str) -> Finding:
     return Finding("warning", _key(stage, arg), message)
 
 
-def _check_recipe_level(recipe: Recipe, launch: LaunchSettings) -> list[Finding]:
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+# -- TRL's own errors -----------------------------------------------------------------------------
+
+#: TRL messages that name no field, or whose first field is not the one to change.
+_MESSAGE_KEYS = (
+    ("global eval batch size", "per_device_eval_batch_size"),
+    ("at least 2 generations", "num_generations"),
+    ("can not be both configured", "steps_per_generation"),
+)
+#: Batch sizes whose nearest accepted value is worth searching for.
+_SEARCHED = ("generation_batch_size", "steps_per_generation", "per_device_eval_batch_size")
+
+
+def _parse_error(recipe: Recipe, stage: StageSpec, err: RecipeError, processes: int) -> Finding:
+    """TRL's (or cxmind's config) refusal, on the key to change, with the nearest value TRL accepts."""
+    cause = err.__cause__
+    if not isinstance(cause, (ValueError, TypeError)):  # unknown or reserved keys: the recipe's message
+        return Finding("error", f"stages.{stage.name}", str(err))
+    message = str(cause)
+    key = next((k for phrase, k in _MESSAGE_KEYS if phrase in message), None) or _first_field(stage, message)
+    if key == "generation_batch_size" and key not in stage.args:  # derived from steps_per_generation
+        key = "steps_per_generation"
+    if key is None:
+        return Finding("error", f"stages.{stage.name}", message)
+    text = f"{message} (at {processes} process{'es' if processes > 1 else ''})"
+    if "can not be both configured" in message:
+        text += "; remove one of them (TRL derives the other)"
+    elif key in _SEARCHED:
+        accepted = _nearest_accepted(recipe, stage, key, processes)
+        if accepted is not None:
+            text += f"; set {key} to {accepted}, the nearest value that passes this check"
+    return _error(stage, key, text)
+
+
+def _first_field(stage: StageSpec, message: str) -> str | None:
+    names = [f.name for f in dataclasses.fields(config_class(stage.type)) if f.init]
+    found = [
+        (m.start(), -len(m.group()), m.group()) for m in re.finditer(r"\w+", message) if m.group() in names
+    ]
+    return min(found)[2] if found else None
+
+
+def _nearest_accepted(
+    recipe: Recipe, stage: StageSpec, key: str, processes: int, tries: int = 512
+) -> int | None:
+    """The smallest value above the current one that clears TRL's batch checks ("must be divisible")."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config_class(stage.type))}
+    # steps_per_generation defaults to gradient_accumulation_steps
+    current = stage.args.get(key) or defaults[key] or stage.args.get("gradient_accumulation_steps", 1)
+    for value in range(int(current) + 1, int(current) + 1 + tries):
+        trial = dataclasses.replace(stage, args={**stage.args, key: value})
+        try:
+            stage_config_at(recipe, trial, processes)
+        except RecipeError as err:
+            if "divisible" in str(err.__cause__):
+                continue
+        return value
+    return None
+
+
+# -- argument types -------------------------------------------------------------------------------
+
+
+def _type_mismatch(value: Any, hint: Any) -> str | None:
+    """What ``hint`` expects when ``value`` does not fit it (None when it does or cannot be told)."""
+    origin = typing.get_origin(hint)
+    if hint is Any or isinstance(hint, typing.TypeVar):
+        return None
+    if origin in (typing.Union, types.UnionType):
+        members = typing.get_args(hint)
+        if all(_type_mismatch(value, m) for m in members):
+            return " or ".join(str(_type_mismatch(value, m)) for m in members)
+        return None
+    if origin is Literal:
+        return None if value in typing.get_args(hint) else f"one of {list(typing.get_args(hint))}"
+    if hint is type(None):
+        return None if value is None else "null"
+    if hint is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if hint is float:
+        return None if isinstance(value, int | float) and not isinstance(value, bool) else "a number"
+    if hint is str:
+        return None if isinstance(value, str) else "a string"
+    if origin in (list, Sequence) or hint is list:
+        if not isinstance(value, list):
+            return "a list"
+        (item,) = typing.get_args(hint) or (Any,)
+        bad = [_type_mismatch(v, item) for v in value]
+        return next((f"a list of {b}" for b in bad if b), None)
+    if origin in (dict, Mapping) or hint is dict:
+        return None if isinstance(value, dict) else "a mapping"
+    return None
+
+
+def _number_hint(value: str, expected: str) -> str:
+    """Why a number arrived as text: PyYAML (YAML 1.1) reads ``1e-6`` (no dot) as a string."""
+    try:
+        number = float(value)
+    except ValueError:
+        return f"{value!r} is not {expected}"
+    if "integer" in expected and "number" not in expected:
+        return f"{value!r} was read as text, not a number; write {int(number)}"
+    mantissa, exponent = f"{number:.6e}".split("e")
+    mantissa = mantissa.rstrip("0")
+    literal = (
+        f"{mantissa}0e{int(exponent):+d}" if mantissa.endswith(".") else f"{mantissa}e{int(exponent):+d}"
+    )
+    return (
+        f"{value!r} was read as text, not a number (YAML reads an exponent without a dot as a string); "
+        f"write {literal}"
+    )
+
+
+def _mismatches(values: Mapping[str, Any], cls: type) -> Iterator[tuple[str, str]]:
+    """(field, problem) for each value of ``values`` that does not fit ``cls``'s field type or choices."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name, value in values.items():
+        if name not in fields or name not in hints:
+            continue
+        expected = _type_mismatch(value, hints[name])
+        choices = fields[name].metadata.get("choices")
+        if expected is None and choices is not None and isinstance(value, str) and value not in choices:
+            expected = f"one of {list(choices)}"
+        if expected is None:
+            continue
+        if isinstance(value, str) and ("integer" in expected or "number" in expected):
+            yield name, _number_hint(value, expected)
+        else:
+            yield name, f"{value!r} is not {expected}"
+
+
+def _check_types(stage: StageSpec) -> list[Finding]:
+    """Stage args against the config's field types: ``HfArgumentParser.parse_dict`` converts nothing,
+    so ``bf16: maybe`` would train as true and ``learning_rate: 1e-6`` (text in YAML 1.1) fail deep
+    inside the optimizer."""
+    return [
+        _error(stage, name, problem) for name, problem in _mismatches(stage.args, config_class(stage.type))
+    ]
+
+
+def _check_recipe_types(recipe: Recipe) -> list[Finding]:
+    from cxmind.training.data import DataSource
+
+    top = {
+        f.name: getattr(recipe, f.name)
+        for f in dataclasses.fields(Recipe)
+        if f.name not in ("stages", "peft")
+    }
+    findings = [Finding("error", name, problem) for name, problem in _mismatches(top, Recipe)]
+    if recipe.peft is not None:
+        peft = {f.name: getattr(recipe.peft, f.name) for f in dataclasses.fields(PeftSettings)}
+        findings += [Finding("error", f"peft.{n}", p) for n, p in _mismatches(peft, PeftSettings)]
+    for stage in recipe.stages:
+        fields = {"freeze_vision_tower": stage.freeze_vision_tower, "mix": stage.mix}
+        findings += [Finding("error", _key(stage, n), p) for n, p in _mismatches(fields, StageSpec)]
+        for which, sources in (("data", stage.data), ("eval_data", stage.eval_data or [])):
+            for i, source in enumerate(sources):
+                values = {f.name: getattr(source, f.name) for f in dataclasses.fields(DataSource)}
+                findings += [
+                    Finding("error", _key(stage, f"{which}[{i}].{n}"), p)
+                    for n, p in _mismatches(values, DataSource)
+                ]
+    return findings
+
+
+# -- paths and the Hub ----------------------------------------------------------------------------
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _local_looking(path: str) -> bool:
+    """Whether ``path`` can only mean a local path: Hub ids are ``name`` or ``namespace/name``."""
+    p = Path(path).expanduser()
+    return (
+        p.is_absolute()
+        or path.startswith((".", "~"))
+        or "\\" in path
+        or path.count("/") > 1
+        or path.lower().endswith(DATA_SUFFIXES)
+        or (len(p.parts) > 1 and Path(p.parts[0]).is_dir())  # the folder exists, the entry does not
+    )
+
+
+def _check_model(recipe: Recipe) -> list[Finding]:
+    model, path, problem = recipe.model, Path(recipe.model).expanduser(), None
+    if path.is_dir():
+        problem = None if (path / "config.json").is_file() else "is a folder without config.json, not a model"
+    elif path.exists() or _local_looking(model):
+        problem = f"is not a model folder (from {Path.cwd()}); fix the path or use a Hub id"
+    elif _hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(model, "config.json"), str):
+            problem = (
+                "is neither a local folder nor in the Hub cache, and HF_HUB_OFFLINE is set; download it "
+                f"first (huggingface-cli download {model}) or unset HF_HUB_OFFLINE"
+            )
+    return [Finding("error", "model", f"{model} {problem}")] if problem else []
+
+
+def _check_stage_paths(stage: StageSpec) -> list[Finding]:
+    """Every stage loads its data when it starts: a missing path in the last stage fails after the others."""
+    from cxmind.data.records import META_FILE
+
     findings: list[Finding] = []
+    for which, sources in (("data", stage.data), ("eval_data", stage.eval_data or [])):
+        for i, source in enumerate(sources):
+            key, path = _key(stage, which if len(sources) == 1 else f"{which}[{i}]"), Path(source.path)
+            level, problem = "error", None
+            if source.image_root is not None and not Path(source.image_root).expanduser().is_dir():
+                problem = f"image_root {source.image_root} is not a folder"
+            elif path.is_file() and path.suffix.lower() not in DATA_SUFFIXES:
+                problem = f"{source.path}: use a {'/'.join(DATA_SUFFIXES)} file or a folder"
+            elif path.is_dir() and not (path / META_FILE).is_file() and not any(path.iterdir()):
+                problem = f"{source.path} is an empty folder"
+            elif not path.exists() and _local_looking(source.path):
+                problem = (
+                    f"{source.path} not found (from {Path.cwd()}); build a record set there "
+                    f"(cxmind data build --out {source.path}) or fix the path"
+                )
+            elif not path.exists():
+                level, problem = (
+                    "warning",
+                    (
+                        f"{source.path} is not a local path, so it will be loaded as a Hub dataset id"
+                        f"{' (from the cache only: HF_HUB_OFFLINE is set)' if _hub_offline() else ''}; for a "
+                        f"record set, build it first (cxmind data build --out {source.path})"
+                    ),
+                )
+            if problem:
+                findings.append(Finding(level, key, problem))
+    return findings
+
+
+def _check_recipe_level(recipe: Recipe, launch: LaunchSettings) -> list[Finding]:
+    findings = _check_recipe_types(recipe)
+    if findings:
+        return findings
+    findings += _check_model(recipe)
     if (
         recipe.min_pixels is not None
         and recipe.max_pixels is not None
@@ -407,6 +704,16 @@ def _check_recipe_level(recipe: Recipe, launch: LaunchSettings) -> list[Finding]
                 f"{recipe.min_pixels} exceeds max_pixels ({recipe.max_pixels}); lower min_pixels",
             )
         )
+    for stage in recipe.stages:
+        if stage.push_to_hub and not recipe.hub_model_id:
+            findings.append(
+                _error(
+                    stage,
+                    "push_to_hub",
+                    "needs the recipe's hub_model_id (the stage is pushed to <hub_model_id>-<stage>); "
+                    "without it the push fails after training; set hub_model_id: your-org/name",
+                )
+            )
     if recipe.peft is not None and recipe.peft.method == "qlora":
         sharded = "DeepSpeed ZeRO-3" if launch.deepspeed_stage == 3 else "FSDP" if launch.fsdp else None
         if sharded:
@@ -431,167 +738,24 @@ def _check_recipe_level(recipe: Recipe, launch: LaunchSettings) -> list[Finding]
     return findings
 
 
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
+# -- launch-dependent GRPO checks -----------------------------------------------------------------
 
 
-def _yaml_float(value: float) -> str:
-    """``value`` as a literal YAML 1.1 reads as a float: a dot in the mantissa, a signed exponent."""
-    mantissa, exponent = f"{value:.6e}".split("e")
-    mantissa = mantissa.rstrip("0")
-    return f"{mantissa}0e{int(exponent):+d}" if mantissa.endswith(".") else f"{mantissa}e{int(exponent):+d}"
-
-
-def _check_numbers(stage: StageSpec) -> list[Finding]:
-    """Numeric args that arrived as text: PyYAML (YAML 1.1) reads ``1e-6`` — no dot — as a string,
-    and ``HfArgumentParser.parse_dict`` passes it on unconverted, to fail deep inside the optimizer."""
-    import dataclasses
-
-    from cxmind.training.recipe import config_class
-
-    findings: list[Finding] = []
-    for f in dataclasses.fields(config_class(stage.type)):
-        value = stage.args.get(f.name)
-        if not isinstance(value, str):
-            continue
-        words = set(re.findall(r"\w+", f.type if isinstance(f.type, str) else repr(f.type)))
-        if not words & {"int", "float"} or words & {"str", "dict", "list", "bool"}:
-            continue
-        try:
-            number = float(value)
-        except ValueError:
-            findings.append(_error(stage, f.name, f"{value!r} is not a number"))
-            continue
-        literal = _yaml_float(number) if "float" in words else str(int(number))
-        findings.append(
-            _error(
-                stage,
-                f.name,
-                f"{value!r} was read as text, not a number (YAML reads an exponent without a dot as a "
-                f"string); write {literal}",
-            )
-        )
-    return findings
-
-
-def _raw_args(stage: StageSpec) -> Any:
-    """The stage's args over its config class's defaults, unparsed (attribute access like a config)."""
-    import dataclasses
-    from types import SimpleNamespace
-
-    from cxmind.training.recipe import config_class
-
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(config_class(stage.type)):
-        if f.default is not dataclasses.MISSING:
-            values[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            values[f.name] = f.default_factory()
-    values.update(stage.args)
-    return SimpleNamespace(**values)
-
-
-def _check_grpo_batch(stage: StageSpec, launch: LaunchSettings) -> list[Finding]:
-    """TRL 1.16's ``GRPOConfig.__post_init__`` batch checks, with the launch's world size."""
-    findings: list[Finding] = []
-    config = _raw_args(stage)
-    processes = launch.num_processes
-    generations = int(config.num_generations)
-    if generations < 2:
+def _check_rollouts(stage: StageSpec, config: Any, launch: LaunchSettings) -> list[Finding]:
+    geometry = GRPOGeometry.from_config(config, launch.num_processes)
+    micro, accumulation = geometry.micro_batches_per_rollout, geometry.gradient_accumulation_steps
+    if micro % accumulation and accumulation % micro:
         return [
-            _error(
-                stage,
-                "num_generations",
-                f"is {generations}; GRPO compares completions of the same prompt, so it needs >= 2 "
-                "(TRL refuses fewer); use 8 or more",
-            )
-        ]
-    if (
-        stage.args.get("generation_batch_size") is not None
-        and stage.args.get("steps_per_generation") is not None
-    ):
-        return [
-            _error(
-                stage,
-                "steps_per_generation",
-                "and generation_batch_size cannot both be set (TRL derives one from the other); remove one",
-            )
-        ]
-    per_device = int(config.per_device_train_batch_size)
-    for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
-        if int(getattr(config, key)) < 1:
-            return [_error(stage, key, f"is {getattr(config, key)}; it must be >= 1")]
-    global_micro = per_device * processes
-    raw_generation_batch = stage.args.get("generation_batch_size")
-    if raw_generation_batch is not None and int(raw_generation_batch) % global_micro:
-        target = _round_up(int(raw_generation_batch), math.lcm(global_micro, generations))
-        findings.append(
-            _error(
-                stage,
-                "generation_batch_size",
-                f"{raw_generation_batch} must be divisible by per_device_train_batch_size × processes "
-                f"({per_device} × {processes} = {global_micro}) (TRL checks this at launch); "
-                f"set generation_batch_size to {target}, or change per_device_train_batch_size",
-            )
-        )
-        return findings
-    geometry = grpo_geometry(config, stage.args, processes)
-    if geometry.generation_batch_size % generations:
-        if raw_generation_batch is not None:
-            target = _round_up(geometry.generation_batch_size, math.lcm(global_micro, generations))
-            findings.append(
-                _error(
-                    stage,
-                    "generation_batch_size",
-                    f"{geometry.generation_batch_size} must be divisible by num_generations ({generations}) "
-                    f"so every prompt gets a full group; set it to {target}",
-                )
-            )
-        else:
-            step = generations // math.gcd(global_micro, generations)
-            steps = _round_up(geometry.steps_per_generation, step)
-            source = (
-                "steps_per_generation"
-                if "steps_per_generation" in stage.args
-                else "gradient_accumulation_steps"
-            )
-            findings.append(
-                _error(
-                    stage,
-                    "steps_per_generation",
-                    f"the generation batch per_device_train_batch_size × processes × {source} = "
-                    f"{per_device} × {processes} × {geometry.steps_per_generation} = "
-                    f"{geometry.generation_batch_size} must be divisible by num_generations ({generations}) "
-                    f"so every prompt gets a full group; set steps_per_generation to {steps} "
-                    f"(or generation_batch_size to a multiple of {math.lcm(global_micro, generations)})",
-                )
-            )
-    # TrainingArguments turns do_eval on whenever eval_strategy is not "no", which is TRL's condition
-    if str(getattr(config.eval_strategy, "value", config.eval_strategy)) != "no":
-        eval_generations = int(config.num_generations_eval or generations)
-        eval_batch = int(config.per_device_eval_batch_size) * processes
-        if eval_batch % eval_generations:
-            findings.append(
-                _error(
-                    stage,
-                    "per_device_eval_batch_size",
-                    f"per_device_eval_batch_size × processes ({eval_batch}) must be divisible by the eval "
-                    f"generations ({eval_generations}); use a per-device eval batch of "
-                    f"{eval_generations // math.gcd(processes, eval_generations)} or a multiple",
-                )
-            )
-    spg, accumulation = geometry.steps_per_generation, geometry.gradient_accumulation_steps
-    if spg % accumulation and accumulation % spg:
-        findings.append(
             _warn(
                 stage,
                 "gradient_accumulation_steps",
-                f"a rollout spans {spg} micro-batches per process, not a whole number of optimizer steps of "
-                f"{accumulation}: optimizer steps mix completions of two policies; make "
-                "gradient_accumulation_steps divide steps_per_generation",
+                f"a rollout spans {micro} micro-batches per process (steps_per_generation × "
+                f"num_iterations), not a whole number of optimizer steps of {accumulation}: optimizer steps "
+                "mix completions of two policies; make gradient_accumulation_steps divide "
+                "steps_per_generation",
             )
-        )
-    return findings
+        ]
+    return []
 
 
 def _check_vllm(recipe: Recipe, stage: StageSpec, config: Any, launch: LaunchSettings) -> list[Finding]:
@@ -677,12 +841,32 @@ def _check_vllm(recipe: Recipe, stage: StageSpec, config: Any, launch: LaunchSet
     return findings
 
 
+def _grpo_memory(
+    recipe: Recipe, config: Any, launch: LaunchSettings, spec: ModelSpec, gpu_memory_gib: float | None
+) -> tuple[float, float | None, float | None]:
+    """(training state, vLLM weights or None, memory left for training or None) per GPU, in GiB."""
+    state = training_state_gib(
+        spec,
+        recipe,
+        num_processes=launch.num_processes,
+        deepspeed_stage=launch.deepspeed_stage,
+        fsdp=launch.fsdp,
+        reference_model=float(config.beta) != 0.0,
+    )
+    colocated = bool(config.use_vllm) and config.vllm_mode == "colocate"
+    tp = int(config.vllm_tensor_parallel_size)
+    weights = vllm_weights_gib(spec, recipe, tp) if colocated and tp >= 1 else None
+    available = gpu_memory_gib
+    if colocated and gpu_memory_gib is not None and not config.vllm_enable_sleep_mode:
+        available = gpu_memory_gib * (1 - float(config.vllm_gpu_memory_utilization))
+    return state, weights, available
+
+
 def _check_grpo_memory(
     recipe: Recipe, stage: StageSpec, config: Any, launch: LaunchSettings, gpu_memory_gib: float | None
 ) -> list[Finding]:
     findings: list[Finding] = []
     spec = model_spec(recipe.model)
-    colocated = bool(config.use_vllm) and config.vllm_mode == "colocate"
     if recipe.peft is not None and config.use_vllm and launch.deepspeed_stage == 3:
         size = f" ({BF16_BYTES * spec.params / GIB:.1f} GiB)" if spec else ""
         findings.append(
@@ -694,15 +878,14 @@ def _check_grpo_memory(
                 "zero2.yaml",
             )
         )
-    if spec is None or gpu_memory_gib is None:
-        return findings
     utilization = float(config.vllm_gpu_memory_utilization)
-    tp = int(config.vllm_tensor_parallel_size)
-    available = gpu_memory_gib
-    if colocated and 0 < utilization <= 1 and tp >= 1:
+    if spec is None or gpu_memory_gib is None or not 0 < utilization <= 1:
+        return findings
+    state, weights, available = _grpo_memory(recipe, config, launch, spec, gpu_memory_gib)
+    if weights is not None:
         share = utilization * gpu_memory_gib
-        weights = vllm_weights_gib(spec, recipe, tp)
-        needed = (weights + MIN_KV_CACHE_GIB) / gpu_memory_gib
+        needed = math.ceil((weights + MIN_KV_CACHE_GIB) / gpu_memory_gib * 100) / 100
+        tp = int(config.vllm_tensor_parallel_size)
         if weights >= share:
             findings.append(
                 _error(
@@ -710,8 +893,8 @@ def _check_grpo_memory(
                     "vllm_gpu_memory_utilization",
                     f"{utilization} × {gpu_memory_gib:g} GiB = {share:.1f} GiB cannot hold vLLM's copy of "
                     f"{spec.name} ({weights:.1f} GiB per GPU at tensor parallel {tp}); raise "
-                    f"vllm_gpu_memory_utilization to >= {math.ceil(needed * 100) / 100:.2f}, raise "
-                    "vllm_tensor_parallel_size, or use LoRA/QLoRA (peft)",
+                    f"vllm_gpu_memory_utilization to >= {needed:.2f}, raise vllm_tensor_parallel_size, or "
+                    "use LoRA/QLoRA (peft)",
                 )
             )
         elif share - weights < MIN_KV_CACHE_GIB:
@@ -720,34 +903,22 @@ def _check_grpo_memory(
                     stage,
                     "vllm_gpu_memory_utilization",
                     f"leaves {share - weights:.1f} GiB of KV cache beside vLLM's {weights:.1f} GiB of "
-                    "weights; "
-                    f"generation will crawl — raise it to >= {math.ceil(needed * 100) / 100:.2f} or raise "
+                    f"weights; generation will crawl — raise it to >= {needed:.2f} or raise "
                     "vllm_tensor_parallel_size",
                 )
             )
-        if not config.vllm_enable_sleep_mode:
-            available = gpu_memory_gib - share
-    state = training_state_gib(
-        spec,
-        recipe,
-        num_processes=launch.num_processes,
-        deepspeed_stage=launch.deepspeed_stage,
-        fsdp=launch.fsdp,
-        reference_model=float(config.beta) != 0.0,
-    )
+    assert available is not None
     if state > available:
-        beside = " beside colocated vLLM" if available < gpu_memory_gib else ""
+        beside = available < gpu_memory_gib
         findings.append(
             _warn(
                 stage,
-                "vllm_gpu_memory_utilization"
-                if available < gpu_memory_gib
-                else "per_device_train_batch_size",
+                "vllm_gpu_memory_utilization" if beside else "per_device_train_batch_size",
                 f"training state of {spec.name} is ~{state:.1f} GiB per GPU (weights, grads, optimizer"
                 f"{', reference' if config.beta and recipe.peft is None else ''}; activations extra) but "
-                f"only "
-                f"{available:.1f} GiB are left{beside}; shard more (zero3.yaml/fsdp2.yaml, more GPUs), lower "
-                "vllm_gpu_memory_utilization, set vllm_enable_sleep_mode, or use LoRA (peft)",
+                f"only {available:.1f} GiB are left{' beside colocated vLLM' if beside else ''}; shard more "
+                "(zero3.yaml/fsdp2.yaml, more GPUs), lower vllm_gpu_memory_utilization, set "
+                "vllm_enable_sleep_mode, or use LoRA (peft)",
             )
         )
     return findings
@@ -771,10 +942,9 @@ def _check_grpo_context(recipe: Recipe, stage: StageSpec, config: Any) -> list[F
             stage,
             "vllm_max_model_length",
             f"{limit} < image tokens ({image}, from {source} / {PIXELS_PER_TOKEN} + {VISION_MARKERS}) + "
-            f"question "
-            f"(~{QUESTION_ALLOWANCE}) + max_completion_length ({completion}) = {needed}: vLLM refuses longer "
-            f"prompts; raise vllm_max_model_length to >= {_round_up(needed, 1024)}{fix_pixels}, or lower "
-            "max_completion_length (per image: multi-image prompts need more)",
+            f"question (~{QUESTION_ALLOWANCE}) + max_completion_length ({completion}) = {needed}: vLLM "
+            f"refuses longer prompts; raise vllm_max_model_length to >= {_round_up(needed, 1024)}"
+            f"{fix_pixels}, or lower max_completion_length (per image: multi-image prompts need more)",
         )
     ]
 
@@ -797,13 +967,7 @@ def _check_sft(
         )
     spec = model_spec(recipe.model)
     if spec is not None and gpu_memory_gib is not None:
-        state = training_state_gib(
-            spec,
-            recipe,
-            num_processes=launch.num_processes,
-            deepspeed_stage=launch.deepspeed_stage,
-            fsdp=launch.fsdp,
-        )
+        state = _sft_memory(recipe, launch, spec)
         if state > gpu_memory_gib:
             findings.append(
                 _warn(
@@ -815,3 +979,160 @@ def _check_sft(
                 )
             )
     return findings
+
+
+def _sft_memory(recipe: Recipe, launch: LaunchSettings, spec: ModelSpec) -> float:
+    return training_state_gib(
+        spec,
+        recipe,
+        num_processes=launch.num_processes,
+        deepspeed_stage=launch.deepspeed_stage,
+        fsdp=launch.fsdp,
+    )
+
+
+# -- the summary ----------------------------------------------------------------------------------
+
+
+def describe_recipe(
+    recipe: Recipe,
+    *,
+    num_processes: int,
+    gpu_memory_gib: float | None = None,
+    deepspeed_stage: int | None = None,
+    fsdp: bool = False,
+    rows: Mapping[str, int | None] | None = None,
+) -> str:
+    """What a recipe without errors will do at this launch: per stage the batch geometry (per-device and
+    global batch, generation batch, steps per generation, steps per rollout, rollouts and optimizer
+    steps per epoch and in all), checkpoints, the KL reference, and the memory estimate.
+
+    ``rows`` (training rows per stage name) defaults to counting the stages' data where it is local.
+    Call it once :func:`check_recipe` found no errors: a stage TRL refuses raises ``RecipeError``.
+    """
+    launch = _launch(num_processes, deepspeed_stage, fsdp)
+    spec = model_spec(recipe.model)
+    tuning = "full fine-tuning" if recipe.peft is None else f"{recipe.peft.method} r {recipe.peft.r}"
+    gpu = f", {gpu_memory_gib:g} GiB per GPU" if gpu_memory_gib else ""
+    low, high = recipe.min_pixels or DEFAULT_MIN_PIXELS, recipe.max_pixels or DEFAULT_MAX_PIXELS
+    lines = [
+        f"{recipe.model} ({spec.name if spec else 'unknown size: no memory estimate'}), {tuning}, "
+        f"{launch}{gpu}",
+        f"image tokens per image: {image_tokens(low)} to {image_tokens(high)} (pixels {low}..{high}, "
+        f"{PIXELS_PER_TOKEN} per token, +{VISION_MARKERS} markers)",
+    ]
+    for index, stage in enumerate(recipe.stages):
+        config = stage_config_at(recipe, stage, launch.num_processes)
+        count = rows.get(stage.name) if rows is not None else _count_rows(stage)
+        lines.append(f"{stage.name} ({stage.type}):")
+        lines += [
+            f"  {line}" for line in _describe_stage(recipe, index, config, launch, count, gpu_memory_gib)
+        ]
+    return "\n".join(lines)
+
+
+def _describe_stage(
+    recipe: Recipe,
+    index: int,
+    config: Any,
+    launch: LaunchSettings,
+    rows: int | None,
+    gpu_memory_gib: float | None,
+) -> list[str]:
+    per_device, processes = int(config.per_device_train_batch_size), launch.num_processes
+    accumulation = int(config.gradient_accumulation_steps)
+    grpo = recipe.stages[index].type == "grpo"
+    unit = "completions" if grpo else "sequences"
+    lines = [
+        f"batch: {per_device} per device × {processes} processes × {accumulation} accumulation = "
+        f"{per_device * processes * accumulation} {unit} per optimizer step"
+    ]
+    if grpo:
+        g = GRPOGeometry.from_config(config, processes)
+        lines.append(
+            f"rollout: generation batch {g.generation_batch_size} = {g.prompts_per_rollout} prompts × "
+            f"{g.num_generations} generations; steps_per_generation {g.steps_per_generation} × "
+            f"num_iterations {g.num_iterations} = {g.micro_batches_per_rollout} micro-batches = "
+            f"{g.steps_per_rollout} optimizer step(s) per rollout"
+        )
+        per_epoch = g.steps_per_epoch(rows) if rows is not None else None
+    elif rows is not None:
+        micro = math.ceil(rows / (per_device * processes))
+        per_epoch = (None, max(math.ceil(micro / accumulation), 1))
+    else:
+        per_epoch = None
+    if per_epoch is None:
+        lines.append("epoch: training rows unknown (the data is not local, or not readable here)")
+    else:
+        rollouts, steps = per_epoch
+        total = int(config.max_steps) if config.max_steps > 0 else math.ceil(config.num_train_epochs * steps)
+        of_rollouts = f"{rollouts} rollouts = " if rollouts is not None else ""
+        lines.append(
+            f"epoch: {rows} rows → {of_rollouts}{steps} optimizer steps; run: {total} optimizer steps "
+            f"({'max_steps' if config.max_steps > 0 else _epochs(config.num_train_epochs)})"
+        )
+    strategy = str(getattr(config.save_strategy, "value", config.save_strategy))
+    if strategy == "steps" and config.save_steps < 1:
+        lines.append(f"checkpoints: every {config.save_steps:g} of the run")
+    elif strategy == "steps":
+        every = f"every {config.save_steps:g} optimizer steps"
+        if grpo:
+            rollouts = config.save_steps / GRPOGeometry.from_config(config, processes).steps_per_rollout
+            every += f" = {rollouts:g} rollouts (a rollout boundary: resumes exactly)"
+        lines.append(f"checkpoints: {every}")
+    else:
+        lines.append(f"checkpoints: save_strategy {strategy}")
+    if grpo:
+        lines.append(f"KL reference: {_reference(recipe, index, config)}")
+    spec = model_spec(recipe.model)
+    if spec is not None:
+        if grpo:
+            state, weights, available = _grpo_memory(recipe, config, launch, spec, gpu_memory_gib)
+            memory = f"memory per GPU: training state ~{state:.1f} GiB (activations extra)"
+            if weights is not None:
+                memory += (
+                    f", vLLM weights ~{weights:.1f} GiB (tensor parallel {config.vllm_tensor_parallel_size}) "
+                    f"within vllm_gpu_memory_utilization {config.vllm_gpu_memory_utilization}"
+                )
+            if available is not None:
+                memory += f"; {available:.1f} GiB for training"
+        else:
+            state = _sft_memory(recipe, launch, spec)
+            memory = f"memory per GPU: training state ~{state:.1f} GiB (activations extra)"
+        lines.append(memory)
+    return lines
+
+
+def _epochs(count: float) -> str:
+    return f"{count:g} epoch{'' if count == 1 else 's'}"
+
+
+def _reference(recipe: Recipe, index: int, config: Any) -> str:
+    """The model the KL term compares with, as cxmind.training.pipeline builds each stage."""
+    if float(config.beta) == 0.0:
+        return "none (beta 0: no KL term)"
+    stages, out = recipe.stages, Path(recipe.output_dir)
+    previous = stages[index - 1].name if index else None
+    if recipe.peft is None:
+        start = out / previous if previous else recipe.model
+        return f"a frozen copy of the stage's starting model {start}, loaded by TRL (bf16, one more model)"
+    if recipe.peft.between_stages == "merge" or previous is None:
+        start = out / previous / "merged" if previous else recipe.model
+        return f"{start} itself: the stage's fresh adapter switched off (no extra copy)"
+    return (
+        f"the adapter {out / previous} on {recipe.model} as the stage starts (between_stages continue: "
+        "a frozen copy loaded as TRL's 'ref' adapter), so KL is to the previous stage's result, not to "
+        "the base model"
+    )
+
+
+def _count_rows(stage: StageSpec) -> int | None:
+    """Training rows of a stage whose data is all local (None otherwise or when it cannot be read)."""
+    if not all(Path(s.path).expanduser().exists() for s in stage.data):
+        return None
+    try:
+        from cxmind.training.data import load_training_data
+
+        return len(load_training_data(stage.data, kind=stage.type, mix=stage.mix))
+    except Exception:  # the summary says "unknown"; check_recipe reports real problems
+        return None

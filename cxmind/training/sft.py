@@ -13,7 +13,7 @@ end-of-turn token (``<|im_end|>``) is learned, so the model learns to stop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from trl import SFTConfig, SFTTrainer
@@ -74,14 +74,13 @@ class CXMindSFTTrainer(ConvertedCheckpointMixin, SFTTrainer):
     def __init__(self, *args: Any, data_collator: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, data_collator=data_collator, **kwargs)
         if data_collator is None and isinstance(self.data_collator, DataCollatorForVisionLanguageModeling):
+            # every field of TRL's collator carries over (also ones a later TRL adds), except truncation
             parent = self.data_collator
+            kept = {
+                f.name: getattr(parent, f.name)
+                for f in fields(DataCollatorForVisionLanguageModeling)
+                if f.init
+            }
             self.data_collator = CXMindVisionCollator(
-                processor=parent.processor,
-                max_length=None,
-                completion_only_loss=parent.completion_only_loss,
-                pad_to_multiple_of=parent.pad_to_multiple_of,
-                dataset_text_field=parent.dataset_text_field,
-                assistant_only_loss=parent.assistant_only_loss,
-                chat_template=parent.chat_template,
-                length_limit=self.args.max_length,
+                **{**kept, "max_length": None}, length_limit=self.args.max_length
             )
