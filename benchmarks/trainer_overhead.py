@@ -11,8 +11,8 @@ gate), the update and logging; each run's first step is dropped. Also printed: T
 drifting machine load) and the mean tokens per step. The last line is ``overhead: <ratio>``
 (median step time ours / plain; target <= 1.05).
 
-The ramp spans the whole epoch, so a short run feeds ours almost only first-stage (closed) prompts,
-which are longer here than the open ones: part of any gap is a different workload, not code.
+The ramp spans the run, so ours serves first-stage (closed) prompts first, which are longer here
+than the open ones: part of any gap is a different workload, not code.
 ``--curriculum mixed`` keeps plain's prompt mix and so isolates the code's own overhead.
 
 On CPU the tiny model costs only a few hundred milliseconds of compute per step, so fixed per-step
