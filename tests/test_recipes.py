@@ -264,3 +264,21 @@ def test_fsdp2_config_builds_the_plugin() -> None:
     assert plugin.state_dict_type.name in FSDP2_STATE_DICT_TYPE
     assert plugin.state_dict_type.name == "FULL_STATE_DICT"  # the next stage loads a full model
     assert not plugin.activation_checkpointing  # the recipes use the trainer's activation_checkpointing
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--peft.r=sixty-four", r"peft\.r must be int \(e\.g\. 64\), got 'sixty-four'"),
+        ("--peft.lora_dropout=high", r"peft\.lora_dropout must be int or float"),
+        ("--freeze_vision_tower=maybe", r"freeze_vision_tower must be bool"),
+        ("--stages.sft.push_to_hub=maybe", r"stage 'sft'.*push_to_hub must be bool"),
+    ],
+)
+def test_mistyped_recipe_values_are_clear_errors(override: str, message: str) -> None:
+    """A wrong type is a one-line RecipeError naming the key, never a TypeError from deep inside."""
+    from cxmind.training.recipe import RecipeError
+
+    path = next(p for p in RECIPES if "lora-single-gpu" in p.name)
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(path, [override])

@@ -66,6 +66,31 @@ def _known(name: str, value: Mapping[str, Any], allowed: Sequence[str], where: s
         )
 
 
+def _typed(where: str, key: str, value: Any, kinds: tuple[type, ...], example: str) -> Any:
+    """``value`` if it has one of ``kinds`` (bool is not an int here), else a RecipeError naming it."""
+    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    if value is not None and not ok:
+        wanted = " or ".join(k.__name__ for k in kinds)
+        raise RecipeError(f"{where}: {key} must be {wanted} (e.g. {example}), got {value!r}")
+    return value
+
+
+_PEFT_TYPES = {
+    "r": ((int,), "64"),
+    "lora_alpha": ((int,), "128"),
+    "lora_dropout": ((int, float), "0.05"),
+    "train_vision_tower": ((bool,), "false"),
+}
+_RECIPE_TYPES = {
+    "freeze_vision_tower": ((bool,), "true"),
+    "hub_private": ((bool,), "true"),
+    "min_pixels": ((int,), "3136"),
+    "max_pixels": ((int,), "1003520"),
+    "seed": ((int,), "42"),
+}
+_STAGE_TYPES = {"push_to_hub": ((bool,), "true"), "freeze_vision_tower": ((bool,), "false")}
+
+
 @dataclass
 class PeftSettings:
     """LoRA/QLoRA. ``between_stages``: "merge" (each stage starts a fresh adapter on the merged
@@ -185,10 +210,16 @@ class Recipe:
             if key not in raw:
                 raise RecipeError(f"{where}: missing required key {key!r}")
         values = dict(raw)
+        for key, (kinds, example) in _RECIPE_TYPES.items():
+            _typed(where, key, values.get(key), kinds, example)
         values["stages"] = [_stage(s, i, where) for i, s in enumerate(raw["stages"] or [])]
         if values.get("peft") is not None:
             peft = values["peft"]
+            if not isinstance(peft, Mapping):
+                raise RecipeError(f"{where}: peft must be a mapping (e.g. peft: {{r: 64}}), got {peft!r}")
             _known("peft", peft, [f.name for f in dataclasses.fields(PeftSettings)], where)
+            for key, (kinds, example) in _PEFT_TYPES.items():
+                _typed(where, f"peft.{key}", peft.get(key), kinds, example)
             values["peft"] = PeftSettings(**peft)
         return cls(**values, source=source)
 
@@ -223,6 +254,8 @@ def _stage(raw: Any, index: int, where: str) -> StageSpec:
             raise RecipeError(f"{where}: stages[{index}] is missing {key!r}")
     if raw["type"] not in STAGE_TYPES:
         raise RecipeError(f"{where}: stages[{index}].type must be one of {STAGE_TYPES}, got {raw['type']!r}")
+    for key, (kinds, example) in _STAGE_TYPES.items():
+        _typed(f"{where}: stage {raw['name']!r}", key, raw.get(key), kinds, example)
     sources = _sources(raw["data"], f"{where}: stage {raw['name']!r} data")
     eval_sources = (
         _sources(raw["eval_data"], f"{where}: stage {raw['name']!r} eval_data")
@@ -235,7 +268,7 @@ def _stage(raw: Any, index: int, where: str) -> StageSpec:
         data=sources,
         args=dict(raw.get("args") or {}),
         mix=raw.get("mix", "concatenate"),
-        push_to_hub=bool(raw.get("push_to_hub", False)),
+        push_to_hub=raw.get("push_to_hub", False),
         eval_data=eval_sources,
         freeze_vision_tower=raw.get("freeze_vision_tower"),
     )
