@@ -269,10 +269,10 @@ def test_fsdp2_config_builds_the_plugin() -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("--peft.r=sixty-four", r"peft\.r must be int \(e\.g\. 64\), got 'sixty-four'"),
-        ("--peft.lora_dropout=high", r"peft\.lora_dropout must be int or float"),
-        ("--freeze_vision_tower=maybe", r"freeze_vision_tower must be bool"),
-        ("--stages.sft.push_to_hub=maybe", r"stage 'sft'.*push_to_hub must be bool"),
+        ("--peft.r=sixty-four", r"peft\.r: 'sixty-four' is not an integer"),
+        ("--peft.lora_dropout=high", r"peft\.lora_dropout: 'high' is not a number"),
+        ("--freeze_vision_tower=maybe", r"freeze_vision_tower: 'maybe' is not true or false"),
+        ("--stages.sft.push_to_hub=maybe", r"stage 'sft': wrong value type: push_to_hub: 'maybe' is not"),
     ],
 )
 def test_mistyped_recipe_values_are_clear_errors(override: str, message: str) -> None:
@@ -282,3 +282,14 @@ def test_mistyped_recipe_values_are_clear_errors(override: str, message: str) ->
     path = next(p for p in RECIPES if "lora-single-gpu" in p.name)
     with pytest.raises(RecipeError, match=message):
         load_recipe(path, [override])
+
+
+def test_mistyped_trainer_args_fail_when_the_recipe_loads() -> None:
+    """``bf16: maybe`` would otherwise train as true: refused at load, before any training."""
+    from cxmind.training.recipe import RecipeError
+
+    path = next(p for p in RECIPES if "lora-single-gpu" in p.name)
+    with pytest.raises(
+        RecipeError, match=r"stage 'sft': wrong value type: args\.bf16: 'maybe' is not true or false"
+    ):
+        load_recipe(path, ["--stages.sft.bf16=maybe"])

@@ -22,14 +22,12 @@ import json
 import math
 import os
 import re
-import types
-import typing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from cxmind.training.recipe import PeftSettings, Recipe, RecipeError, StageSpec, config_class
+from cxmind.training.recipe import Recipe, RecipeError, StageSpec, config_class, type_problems
 
 __all__ = [
     "KNOWN_MODELS",
@@ -509,109 +507,13 @@ def _nearest_accepted(
 # -- argument types -------------------------------------------------------------------------------
 
 
-def _type_mismatch(value: Any, hint: Any) -> str | None:
-    """What ``hint`` expects when ``value`` does not fit it (None when it does or cannot be told)."""
-    origin = typing.get_origin(hint)
-    if hint is Any or isinstance(hint, typing.TypeVar):
-        return None
-    if origin in (typing.Union, types.UnionType):
-        members = typing.get_args(hint)
-        if all(_type_mismatch(value, m) for m in members):
-            return " or ".join(str(_type_mismatch(value, m)) for m in members)
-        return None
-    if origin is Literal:
-        return None if value in typing.get_args(hint) else f"one of {list(typing.get_args(hint))}"
-    if hint is type(None):
-        return None if value is None else "null"
-    if hint is bool:
-        return None if isinstance(value, bool) else "true or false"
-    if hint is int:
-        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
-    if hint is float:
-        return None if isinstance(value, int | float) and not isinstance(value, bool) else "a number"
-    if hint is str:
-        return None if isinstance(value, str) else "a string"
-    if origin in (list, Sequence) or hint is list:
-        if not isinstance(value, list):
-            return "a list"
-        (item,) = typing.get_args(hint) or (Any,)
-        bad = [_type_mismatch(v, item) for v in value]
-        return next((f"a list of {b}" for b in bad if b), None)
-    if origin in (dict, Mapping) or hint is dict:
-        return None if isinstance(value, dict) else "a mapping"
-    return None
-
-
-def _number_hint(value: str, expected: str) -> str:
-    """Why a number arrived as text: PyYAML (YAML 1.1) reads ``1e-6`` (no dot) as a string."""
-    try:
-        number = float(value)
-    except ValueError:
-        return f"{value!r} is not {expected}"
-    if "integer" in expected and "number" not in expected:
-        return f"{value!r} was read as text, not a number; write {int(number)}"
-    mantissa, exponent = f"{number:.6e}".split("e")
-    mantissa = mantissa.rstrip("0")
-    literal = (
-        f"{mantissa}0e{int(exponent):+d}" if mantissa.endswith(".") else f"{mantissa}e{int(exponent):+d}"
-    )
-    return (
-        f"{value!r} was read as text, not a number (YAML reads an exponent without a dot as a string); "
-        f"write {literal}"
-    )
-
-
-def _mismatches(values: Mapping[str, Any], cls: type) -> Iterator[tuple[str, str]]:
-    """(field, problem) for each value of ``values`` that does not fit ``cls``'s field type or choices."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for name, value in values.items():
-        if name not in fields or name not in hints:
-            continue
-        expected = _type_mismatch(value, hints[name])
-        choices = fields[name].metadata.get("choices")
-        if expected is None and choices is not None and isinstance(value, str) and value not in choices:
-            expected = f"one of {list(choices)}"
-        if expected is None:
-            continue
-        if isinstance(value, str) and ("integer" in expected or "number" in expected):
-            yield name, _number_hint(value, expected)
-        else:
-            yield name, f"{value!r} is not {expected}"
-
-
 def _check_types(stage: StageSpec) -> list[Finding]:
     """Stage args against the config's field types: ``HfArgumentParser.parse_dict`` converts nothing,
     so ``bf16: maybe`` would train as true and ``learning_rate: 1e-6`` (text in YAML 1.1) fail deep
     inside the optimizer."""
     return [
-        _error(stage, name, problem) for name, problem in _mismatches(stage.args, config_class(stage.type))
+        _error(stage, name, problem) for name, problem in type_problems(stage.args, config_class(stage.type))
     ]
-
-
-def _check_recipe_types(recipe: Recipe) -> list[Finding]:
-    from cxmind.training.data import DataSource
-
-    top = {
-        f.name: getattr(recipe, f.name)
-        for f in dataclasses.fields(Recipe)
-        if f.name not in ("stages", "peft")
-    }
-    findings = [Finding("error", name, problem) for name, problem in _mismatches(top, Recipe)]
-    if recipe.peft is not None:
-        peft = {f.name: getattr(recipe.peft, f.name) for f in dataclasses.fields(PeftSettings)}
-        findings += [Finding("error", f"peft.{n}", p) for n, p in _mismatches(peft, PeftSettings)]
-    for stage in recipe.stages:
-        fields = {"freeze_vision_tower": stage.freeze_vision_tower, "mix": stage.mix}
-        findings += [Finding("error", _key(stage, n), p) for n, p in _mismatches(fields, StageSpec)]
-        for which, sources in (("data", stage.data), ("eval_data", stage.eval_data or [])):
-            for i, source in enumerate(sources):
-                values = {f.name: getattr(source, f.name) for f in dataclasses.fields(DataSource)}
-                findings += [
-                    Finding("error", _key(stage, f"{which}[{i}].{n}"), p)
-                    for n, p in _mismatches(values, DataSource)
-                ]
-    return findings
 
 
 # -- paths and the Hub ----------------------------------------------------------------------------
@@ -688,10 +590,7 @@ def _check_stage_paths(stage: StageSpec) -> list[Finding]:
 
 
 def _check_recipe_level(recipe: Recipe, launch: LaunchSettings) -> list[Finding]:
-    findings = _check_recipe_types(recipe)
-    if findings:
-        return findings
-    findings += _check_model(recipe)
+    findings = _check_model(recipe)
     if (
         recipe.min_pixels is not None
         and recipe.max_pixels is not None

@@ -12,10 +12,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-from collections.abc import Mapping, Sequence
+import types
+import typing
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -66,29 +68,78 @@ def _known(name: str, value: Mapping[str, Any], allowed: Sequence[str], where: s
         )
 
 
-def _typed(where: str, key: str, value: Any, kinds: tuple[type, ...], example: str) -> Any:
-    """``value`` if it has one of ``kinds`` (bool is not an int here), else a RecipeError naming it."""
-    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
-    if value is not None and not ok:
-        wanted = " or ".join(k.__name__ for k in kinds)
-        raise RecipeError(f"{where}: {key} must be {wanted} (e.g. {example}), got {value!r}")
-    return value
+# -- value types: YAML and overrides arrive untyped ----------------------------------------------
 
 
-_PEFT_TYPES = {
-    "r": ((int,), "64"),
-    "lora_alpha": ((int,), "128"),
-    "lora_dropout": ((int, float), "0.05"),
-    "train_vision_tower": ((bool,), "false"),
-}
-_RECIPE_TYPES = {
-    "freeze_vision_tower": ((bool,), "true"),
-    "hub_private": ((bool,), "true"),
-    "min_pixels": ((int,), "3136"),
-    "max_pixels": ((int,), "1003520"),
-    "seed": ((int,), "42"),
-}
-_STAGE_TYPES = {"push_to_hub": ((bool,), "true"), "freeze_vision_tower": ((bool,), "false")}
+def _type_mismatch(value: Any, hint: Any) -> str | None:
+    """What ``hint`` expects when ``value`` does not fit it (None when it does or cannot be told)."""
+    origin = typing.get_origin(hint)
+    if hint is Any or isinstance(hint, typing.TypeVar):
+        return None
+    if origin in (typing.Union, types.UnionType):
+        members = typing.get_args(hint)
+        if all(_type_mismatch(value, m) for m in members):
+            return " or ".join(str(_type_mismatch(value, m)) for m in members)
+        return None
+    if origin is Literal:
+        return None if value in typing.get_args(hint) else f"one of {list(typing.get_args(hint))}"
+    if hint is type(None):
+        return None if value is None else "null"
+    if hint is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if hint is float:
+        return None if isinstance(value, int | float) and not isinstance(value, bool) else "a number"
+    if hint is str:
+        return None if isinstance(value, str) else "a string"
+    if origin in (list, Sequence) or hint is list:
+        if not isinstance(value, list):
+            return "a list"
+        (item,) = typing.get_args(hint) or (Any,)
+        bad = [_type_mismatch(v, item) for v in value]
+        return next((f"a list of {b}" for b in bad if b), None)
+    if origin in (dict, Mapping) or hint is dict:
+        return None if isinstance(value, dict) else "a mapping"
+    return None
+
+
+def _number_hint(value: str, expected: str) -> str:
+    """Why a number arrived as text: PyYAML (YAML 1.1) reads ``1e-6`` (no dot) as a string."""
+    try:
+        number = float(value)
+    except ValueError:
+        return f"{value!r} is not {expected}"
+    if "integer" in expected and "number" not in expected:
+        return f"{value!r} was read as text, not a number; write {int(number)}"
+    mantissa, exponent = f"{number:.6e}".split("e")
+    mantissa = mantissa.rstrip("0")
+    literal = (
+        f"{mantissa}0e{int(exponent):+d}" if mantissa.endswith(".") else f"{mantissa}e{int(exponent):+d}"
+    )
+    return (
+        f"{value!r} was read as text, not a number (YAML reads an exponent without a dot as a string); "
+        f"write {literal}"
+    )
+
+
+def type_problems(values: Mapping[str, Any], cls: type) -> Iterator[tuple[str, str]]:
+    """(field, problem) for each value of ``values`` that does not fit ``cls``'s field type or choices."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name, value in values.items():
+        if name not in fields or name not in hints:
+            continue
+        expected = _type_mismatch(value, hints[name])
+        choices = fields[name].metadata.get("choices")
+        if expected is None and choices is not None and isinstance(value, str) and value not in choices:
+            expected = f"one of {list(choices)}"
+        if expected is None:
+            continue
+        if isinstance(value, str) and ("integer" in expected or "number" in expected):
+            yield name, _number_hint(value, expected)
+        else:
+            yield name, f"{value!r} is not {expected}"
 
 
 @dataclass
@@ -140,6 +191,10 @@ class StageSpec:
         allowed = [f.name for f in dataclasses.fields(cls) if f.init]
         where = f"stage {self.name!r}"
         _known("args", self.args, allowed, where)
+        problems = list(type_problems(self.args, cls))  # HfArgumentParser.parse_dict converts nothing
+        if problems:
+            listed = "; ".join(f"args.{name}: {problem}" for name, problem in problems)
+            raise RecipeError(f"{where}: wrong value type: {listed}")
         for key in _RESERVED_ARGS:
             if key in self.args:
                 raise RecipeError(
@@ -210,17 +265,20 @@ class Recipe:
             if key not in raw:
                 raise RecipeError(f"{where}: missing required key {key!r}")
         values = dict(raw)
-        for key, (kinds, example) in _RECIPE_TYPES.items():
-            _typed(where, key, values.get(key), kinds, example)
+        top = {k: v for k, v in values.items() if k not in ("stages", "peft")}
+        problems = [(name, p) for name, p in type_problems(top, cls)]
         values["stages"] = [_stage(s, i, where) for i, s in enumerate(raw["stages"] or [])]
         if values.get("peft") is not None:
             peft = values["peft"]
             if not isinstance(peft, Mapping):
                 raise RecipeError(f"{where}: peft must be a mapping (e.g. peft: {{r: 64}}), got {peft!r}")
             _known("peft", peft, [f.name for f in dataclasses.fields(PeftSettings)], where)
-            for key, (kinds, example) in _PEFT_TYPES.items():
-                _typed(where, f"peft.{key}", peft.get(key), kinds, example)
-            values["peft"] = PeftSettings(**peft)
+            problems += [(f"peft.{n}", p) for n, p in type_problems(peft, PeftSettings)]
+        if problems:
+            listed = "; ".join(f"{name}: {problem}" for name, problem in problems)
+            raise RecipeError(f"{where}: wrong value type: {listed}")
+        if values.get("peft") is not None:
+            values["peft"] = PeftSettings(**values["peft"])
         return cls(**values, source=source)
 
     def stage(self, name: str) -> StageSpec:
@@ -254,8 +312,11 @@ def _stage(raw: Any, index: int, where: str) -> StageSpec:
             raise RecipeError(f"{where}: stages[{index}] is missing {key!r}")
     if raw["type"] not in STAGE_TYPES:
         raise RecipeError(f"{where}: stages[{index}].type must be one of {STAGE_TYPES}, got {raw['type']!r}")
-    for key, (kinds, example) in _STAGE_TYPES.items():
-        _typed(f"{where}: stage {raw['name']!r}", key, raw.get(key), kinds, example)
+    fields = {k: raw[k] for k in ("push_to_hub", "freeze_vision_tower", "mix") if k in raw}
+    problems = list(type_problems(fields, StageSpec))
+    if problems:
+        listed = "; ".join(f"{name}: {problem}" for name, problem in problems)
+        raise RecipeError(f"{where}: stage {raw['name']!r}: wrong value type: {listed}")
     sources = _sources(raw["data"], f"{where}: stage {raw['name']!r} data")
     eval_sources = (
         _sources(raw["eval_data"], f"{where}: stage {raw['name']!r} eval_data")
