@@ -175,7 +175,9 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
         "train",
         help="run a recipe's stages (SFT -> GRPO closed -> GRPO open); works under `accelerate launch`",
         description="Run the stages of a recipe YAML in order. Finished stages are skipped, an interrupted "
-        "stage resumes from its last checkpoint, so re-running the same command continues a run. Any recipe "
+        "stage resumes from its last checkpoint, so re-running the same command continues a run. A finished "
+        "stage whose settings, data or starting model changed since is refused (redo it with --restart "
+        "STAGE, or everything with --overwrite). Any recipe "
         "value can be overridden: --output_dir runs/x, --peft.r 32, --stages.grpo_open.learning_rate 5e-7. "
         "Launch on several GPUs with: accelerate launch --config_file recipes/accelerate/zero3.yaml "
         "-m cxmind train RECIPE.",
@@ -185,6 +187,16 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
     t.add_argument("recipe", type=Path, help="recipe YAML file (see recipes/)")
     t.add_argument(
         "--only", default=None, help="comma-separated stage names to run (earlier ones must be done)"
+    )
+    redo = t.add_mutually_exclusive_group()
+    redo.add_argument(
+        "--restart",
+        default=None,
+        metavar="STAGE",
+        help="delete and redo this stage and every stage after it (their starting model changes)",
+    )
+    redo.add_argument(
+        "--overwrite", action="store_true", help="delete every stage's output folder and start the run over"
     )
     t.add_argument(
         "--check",
@@ -452,6 +464,7 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
         LaunchSettings,
         assume_training_gpu,
         check_recipe,
+        describe_recipe,
         local_gpu_memory_gib,
         raise_for_errors,
     )
@@ -463,7 +476,7 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
         else:
             launch = LaunchSettings(num_processes=args.num_processes or 1)
         with assume_training_gpu():
-            recipe = load_recipe(args.recipe, overrides)
+            recipe = load_recipe(args.recipe, overrides, validate=False)  # validated at launch's size
         findings = check_recipe(recipe, **vars(launch), gpu_memory_gib=args.gpu_memory_gib)
     else:
         recipe = load_recipe(args.recipe, overrides)
@@ -476,9 +489,16 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
             print(f"cxmind train: warning: {finding.key}: {finding.message}", file=sys.stderr)
     raise_for_errors(findings)
     if args.check:
+        with assume_training_gpu():
+            print(describe_recipe(recipe, **vars(launch), gpu_memory_gib=args.gpu_memory_gib))
         print(f"cxmind train: {args.recipe}: no errors ({len(recipe.stages)} stages)")
         return 0
-    results = run_pipeline(recipe, only=_task_list(args.only) if args.only else None)
+    results = run_pipeline(
+        recipe,
+        only=_task_list(args.only) if args.only else None,
+        restart=args.restart,
+        overwrite=args.overwrite,
+    )
     if main_process:
         for result in results:
             state = "skipped (finished earlier)" if result.skipped else "trained"

@@ -1,6 +1,9 @@
 """The multi-stage pipeline: SFT → GRPO closed → GRPO open from one recipe; skip finished, resume."""
 
+import gc
 import json
+import math
+import weakref
 
 import pytest
 import torch
@@ -152,28 +155,102 @@ def test_vision_tower_frozen_per_stage(tiny_qwen25_vl_path, phantom_records, tmp
         Recipe.from_dict(raw)
 
 
-@pytest.mark.parametrize("between", ["merge", "continue"])
-def test_lora_pipeline(tiny_qwen25_vl_path, phantom_records, tmp_path, between):
-    peft = {"r": 4, "lora_alpha": 8, "between_stages": between, "train_vision_tower": False}
+class Finals(TrainerCallback):
+    """Keeps a weak reference to each stage's trained model, its LoRA weights by adapter, and its logs."""
+
+    def __init__(self):
+        self.models, self.adapters, self.logs = [], [], []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs or {}))
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        from peft import get_peft_model_state_dict
+
+        self.models.append(weakref.ref(model))
+        self.adapters.append(
+            {
+                name: {
+                    k: v.detach().clone()
+                    for k, v in get_peft_model_state_dict(model, adapter_name=name).items()
+                }
+                for name in sorted(getattr(model, "peft_config", {}) or {})
+            }
+        )
+
+
+def test_lora_merge_frees_the_trainer_and_merges_on_cpu(
+    tiny_qwen25_vl_path, phantom_records, tmp_path, monkeypatch
+):
+    from trl.trainer import utils as trl_utils
+
+    from cxmind.training import pipeline
+
+    loads, alive = [], []
+    real_load, real_merge = trl_utils.create_model_from_path, pipeline._merge
+    monkeypatch.setattr(
+        trl_utils, "create_model_from_path", lambda path, **kw: loads.append(kw) or real_load(path, **kw)
+    )
+
+    def merge(*args, **kwargs):  # the trainer that just finished must be gone: its memory is free
+        gc.collect()
+        alive.append(any(ref() is not None for ref in finals.models))
+        return real_merge(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_merge", merge)
+    peft = {"r": 4, "lora_alpha": 8, "between_stages": "merge", "train_vision_tower": False}
     raw = recipe_dict(tiny_qwen25_vl_path, phantom_records, tmp_path / "run", peft=peft)
-    spy = Spy()
-    results = run_pipeline(Recipe.from_dict(raw), callbacks=[spy])
+    spy, finals = Spy(), Finals()
+    results = run_pipeline(Recipe.from_dict(raw), callbacks=[spy, finals])
     adapter_config = json.loads((tmp_path / "run" / "sft" / "adapter_config.json").read_text())
     assert adapter_config["r"] == 4
     assert "visual" in str(adapter_config["exclude_modules"])
-    if between == "merge":
-        assert results[0].model.endswith("merged") and results[0].adapter is None
-        assert (tmp_path / "run" / "sft" / "merged" / "model.safetensors").is_file()
-        assert all(adapters == ["default"] for _, _, adapters in spy.starts)
-    else:
-        assert results[0].model == str(tiny_qwen25_vl_path) and results[1].adapter.endswith("grpo_closed")
-        # stages after the first keep training the same adapter, with its stage-start copy as KL reference
-        assert [adapters for _, _, adapters in spy.starts] == [
-            ["default"],
-            ["default", "ref"],
-            ["default", "ref"],
-        ]
+    assert results[0].model.endswith("merged") and results[0].adapter is None
+    assert (tmp_path / "run" / "sft" / "merged" / "model.safetensors").is_file()
+    assert all(adapters == ["default"] for _, _, adapters in spy.starts)
+    # every merge loaded its base on the CPU, after the stage's trainer and model were released
+    assert alive == [False, False, False]
+    assert [kw.get("device_map") for kw in loads] == ["cpu", "cpu", "cpu"]
     card = (tmp_path / "run" / "grpo_open" / "README.md").read_text()
+    assert "library_name: peft" in card
+
+
+def test_lora_continue_is_regularised_towards_the_previous_stage_adapter(
+    tiny_qwen25_vl_path, phantom_records, tmp_path, monkeypatch
+):
+    """beta > 0: TRL's "ref" adapter is the previous stage's adapter; the KL term is computed against it."""
+    from safetensors.torch import load_file
+
+    from cxmind.training.grpo import CXMindGRPOTrainer
+
+    real_rewards = CXMindGRPOTrainer._calculate_rewards
+
+    def noisy_rewards(
+        self, *args, **kwargs
+    ):  # the random tiny model earns equal rewards: make the policy move
+        rewards = real_rewards(self, *args, **kwargs)
+        return rewards + torch.rand_like(rewards)
+
+    monkeypatch.setattr(CXMindGRPOTrainer, "_calculate_rewards", noisy_rewards)
+    peft = {"r": 4, "lora_alpha": 8, "between_stages": "continue", "train_vision_tower": False}
+    raw = recipe_dict(tiny_qwen25_vl_path, phantom_records, tmp_path / "run", peft=peft)
+    raw["stages"] = raw["stages"][:2]
+    raw["stages"][1]["args"].update(beta=0.01, save_strategy="no")
+    spy, finals = Spy(), Finals()
+    results = run_pipeline(Recipe.from_dict(raw), callbacks=[spy, finals])
+    assert results[0].model == str(tiny_qwen25_vl_path) and results[0].adapter.endswith("sft")
+    assert results[1].model == str(tiny_qwen25_vl_path) and results[1].adapter.endswith("grpo_closed")
+    # stages after the first keep training the same adapter; TRL adds its stage-start copy as "ref"
+    assert [adapters for _, _, adapters in spy.starts] == [["default"], ["default", "ref"]]
+    kl = [logs["kl"] for logs in finals.logs if "kl" in logs]
+    assert len(kl) == 2 and all(math.isfinite(v) for v in kl) and kl[-1] > 0
+    previous = load_file(str(tmp_path / "run" / "sft" / "adapter_model.safetensors"))
+    ref, trained = finals.adapters[1]["ref"], finals.adapters[1]["default"]
+    assert previous.keys() == ref.keys() == trained.keys()
+    assert all(torch.equal(ref[k], previous[k].to(ref[k].dtype)) for k in previous)
+    assert any(not torch.equal(trained[k], previous[k].to(trained[k].dtype)) for k in previous)
+    assert not (tmp_path / "run" / "grpo_closed" / "ref").exists()  # the reference copy is not a result
+    card = (tmp_path / "run" / "grpo_closed" / "README.md").read_text()
     assert "library_name: peft" in card
 
 

@@ -393,8 +393,12 @@ def _set(target: dict[str, Any], parts: list[str], value: Any) -> None:
     target[parts[-1]] = value
 
 
-def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
-    """Read a recipe YAML file, apply command-line overrides, validate every stage."""
+def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, validate: bool = True) -> Recipe:
+    """Read a recipe YAML file, apply command-line overrides, validate every stage.
+
+    ``validate=False`` skips building the stage configs here, for preflight: it builds them at the
+    target world size, where this process's size (1 on a login node) could wrongly refuse them.
+    """
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe {path} not found")
@@ -404,5 +408,6 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
         raise RecipeError(f"recipe {path} is not valid YAML: {err}") from err
     raw = apply_overrides(dict(raw or {}), overrides)
     recipe = Recipe.from_dict(raw, source=str(path))
-    recipe.validate()
+    if validate:
+        recipe.validate()
     return recipe
