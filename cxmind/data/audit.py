@@ -42,7 +42,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cxmind.data.dedupe import MIN_REPORT_WORDS, PHASH_DISTANCE, PHASH_SIZE, image_hash, near_pairs
+from cxmind.data.dedupe import (
+    MIN_REPORT_WORDS,
+    PHASH_DISTANCE,
+    PHASH_SIZE,
+    image_hash,
+    near_pairs,
+    report_key,
+)
 from cxmind.data.schema import SPLITS, TASKS
 from cxmind.format import (
     ACCEPT,
@@ -654,10 +661,10 @@ class _Collector:
         reports += [(q, False) for q in _quoted_reports(row.get("question") or "", row.get("options"))]
         digests = []
         for text, is_answer in reports:
-            normal = _norm(text)
-            if len(normal.split()) < self.min_words:
+            key = report_key(text, self.min_words)  # the build's rule for "the same report"
+            if key is None:
                 continue
-            digest = _digest(normal)
+            digest = _digest(key)
             digests.append(digest)
             entry = self.texts.setdefault(digest, {"splits": set(), "ids": [], "n": 0, "answered": set()})
             _remember(entry, split, row["id"])

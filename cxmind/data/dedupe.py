@@ -43,8 +43,8 @@ PHASH_SIZE = 16  # 16x16 = 256-bit pHash: chest X-rays look alike, 64 bits put d
 PHASH_DISTANCE = 8  # resaved/resized copies differ by 0-2 bits; distinct phantoms by 18 or more
 
 
-def report_key(text: str | None) -> str | None:
-    """The comparison key of a report text, or None for boilerplate (fewer than 6 words).
+def report_key(text: str | None, min_words: int = MIN_REPORT_WORDS) -> str | None:
+    """The comparison key of a report text, or None for boilerplate (fewer than ``min_words`` words).
 
     >>> report_key("The heart is  normal in size.  Lungs clear.")
     'the heart is normal in size. lungs clear.'
@@ -52,7 +52,7 @@ def report_key(text: str | None) -> str | None:
     True
     """
     words = str(text or "").split()
-    return " ".join(words).casefold() if len(words) >= MIN_REPORT_WORDS else None
+    return " ".join(words).casefold() if len(words) >= min_words else None
 
 
 def image_hash(image: Any) -> int:

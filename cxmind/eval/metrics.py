@@ -63,6 +63,7 @@ from cxmind.format import (
     parse,
     question_letters,
 )
+from cxmind.rewards.scoring import format_score as reward_format_score  # one rule: reward = metric
 from cxmind.rewards.scoring import score
 from cxmind.rewards.similarity import rouge_l as _rouge_l_tokens
 from cxmind.rewards.similarity import rouge_tokens
@@ -290,8 +291,7 @@ def format_score(prediction: str | Parsed) -> float:
     >>> format_score(one), format_score(one + one), format_score("B")
     (0.0, 1.0, 0.0)
     """
-    parsed = parse(prediction) if isinstance(prediction, str) else prediction
-    return 1.0 if parsed.well_formed and len(parsed.rounds) >= 2 else 0.0
+    return reward_format_score(parse(prediction) if isinstance(prediction, str) else prediction)
 
 
 def _judged(row: Row, parsed: Parsed, task_type: str) -> list[tuple[bool | None, str | None]]:

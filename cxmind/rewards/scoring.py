@@ -39,6 +39,7 @@ __all__ = [
     "MODES",
     "RewardScores",
     "combine",
+    "format_score",
     "reference_problem",
     "score",
 ]
@@ -172,8 +173,8 @@ def _as_text(value: object) -> str:
     return value if isinstance(value, str) else "" if value is None else str(value)
 
 
-def _format_score(parsed: Parsed) -> float:
-    """Fixed-mode format: only well-formed rounds, and at least two of them."""
+def format_score(parsed: Parsed) -> float:
+    """Fixed-mode format: only well-formed rounds, and at least two of them (also the eval metric)."""
     return 1.0 if parsed.well_formed and len(parsed.rounds) >= 2 else 0.0
 
 
@@ -188,7 +189,7 @@ def _score_closed(
     pred, gold = parse(completion), parse(solution)
     letters = question_letters(options, gold.rounds)
     readable = letters or tuple(DEFAULT_LETTERS)
-    fmt = _format_score(pred)
+    fmt = format_score(pred)
 
     gold_letter = final_letter(gold.rounds[-1].answer, readable) if gold.rounds else None
     pred_letters = [option_letter(r.answer, readable) for r in pred.rounds]
@@ -233,7 +234,7 @@ def _score_open(
     completion: str, solution: str, options: Options, w_open: float, alpha: float, sim: Similarity
 ) -> RewardScores:
     pred, gold = parse(completion), parse(solution)
-    fmt = _format_score(pred)
+    fmt = format_score(pred)
     gold_set = set(findings_in(gold.rounds[-1].answer, options)) if gold.rounds else set()
     # A completion without any round has no final list at all: it earns no outcome.
     final = set(findings_in(pred.rounds[-1].answer, options)) if pred.rounds else None
