@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from cxmind.vocab import NO_FINDING, canonical
 
@@ -236,7 +237,17 @@ def findings_in(answer: str, options: Options = None) -> list[str]:
     >>> findings_in("A, C", options=["A) Cardiomegaly", "B) Edema", "C) Mass"])
     ['Cardiomegaly', 'Mass']
     """
-    texts = option_texts(options) if options is not None else None
+    if options is None:
+        return list(_findings(answer, None))
+    if type(options) in (list, tuple):  # the common case, keyed as given: no per-call lettering
+        return list(_findings(answer, _lettered(tuple(map(str, options)))))
+    texts = option_texts(options)
+    return list(_findings(answer, tuple(texts.items()) if texts else None))
+
+
+@lru_cache(maxsize=1 << 16)  # answer blocks ("Edema ❌", "A) Mass ✅") repeat across records and completions
+def _findings(answer: str, options: tuple[tuple[str, str], ...] | None) -> tuple[str, ...]:
+    texts = dict(options) if options else None
     seen: dict[str, None] = {}
     for item in _LIST_SPLIT.split(answer):
         if texts:
@@ -247,7 +258,7 @@ def findings_in(answer: str, options: Options = None) -> list[str]:
         name = canonical(item)
         if name:
             seen.setdefault(name, None)
-    return list(seen)
+    return tuple(seen)
 
 
 # A label opening an option or list item: "A", "A) ...", "(b) ...", "[C] ...", "**D** ...", "E. ...".
@@ -267,22 +278,31 @@ def option_texts(options: Options) -> dict[str, str] | None:
     """
     if options is None:
         return None
+    if type(options) in (list, tuple):  # the common case first: isinstance(Mapping) is slow
+        texts = _lettered(tuple(map(str, options)))
+        return dict(texts) if texts else None
     if isinstance(options, Mapping):
         pairs = [(str(k).strip().upper(), str(v)) for k, v in options.items()]
         return dict(pairs) or None
     if isinstance(options, str):
-        items = [line for line in options.splitlines() if line.strip()]
+        items = tuple(line for line in options.splitlines() if line.strip())
     else:
-        items = [str(o) for o in options]
+        items = tuple(str(o) for o in options)
+    texts = _lettered(items)
+    return dict(texts) if texts else None
+
+
+@lru_cache(maxsize=1 << 14)  # option lists repeat ("A) Yes", "B) No"; view classes; finding sets)
+def _lettered(items: tuple[str, ...]) -> tuple[tuple[str, str], ...] | None:
     if not items:
         return None
     labels = [_OPTION_LABEL.match(item) for item in items]
     letters = [(m.group(1) or m.group(2)).upper() if m else None for m in labels]
     if all(letters) and len(set(letters)) == len(letters):
-        return {x: item[m.end() :].strip() for x, item, m in zip(letters, items, labels, strict=True)}  # type: ignore[union-attr,misc]
+        return tuple((x, item[m.end() :].strip()) for x, item, m in zip(letters, items, labels, strict=True))  # type: ignore[union-attr,misc]
     if len(items) > len(LETTERS):
         raise ValueError(f"{len(items)} options given; at most {len(LETTERS)} (A–Z) are supported")
-    return {LETTERS[i]: item.strip() for i, item in enumerate(items)}
+    return tuple((LETTERS[i], item.strip()) for i, item in enumerate(items))
 
 
 def option_letters(options: Options) -> tuple[str, ...] | None:

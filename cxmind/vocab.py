@@ -440,9 +440,13 @@ def not_absent(positives: Iterable[str]) -> set[str]:
     >>> sorted(not_absent(["Pleural Effusion"]))
     ['Costophrenic Angle Blunting', 'Pleural Effusion', 'Pleural Thickening']
     """
+    return set(_not_absent(frozenset(positives)))
+
+
+@lru_cache(maxsize=1 << 14)  # positive sets repeat across studies and records
+def _not_absent(positives: frozenset[str]) -> frozenset[str]:
     present = implied(positives)
-    related = {other for pair in RELATED if pair & present for other in pair}
-    return present | related
+    return frozenset(present | {other for pair in RELATED if pair & present for other in pair})
 
 
 @lru_cache(maxsize=4096)

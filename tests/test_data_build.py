@@ -309,3 +309,74 @@ def test_teach_rewrites_gold_traces_through_an_openai_compatible_server(records_
         s = score(row["solution"], row["solution"], row["task_type"], options=row["options"])
         assert (s.format, s.outcome) == (1.0, 1.0)
     assert (out / "teacher.traces.jsonl").is_file()
+
+
+def test_records_do_not_depend_on_the_number_of_workers(phantom_root, tmp_path, monkeypatch):
+    import cxmind.data.build as build_module
+
+    monkeypatch.setattr(build_module, "CHUNK_STUDIES", 7)  # several work units from a small source
+    outs = {}
+    for workers in (1, 2):
+        outs[workers] = tmp_path / f"w{workers}"
+        config = BuildConfig(
+            sources=[SourceSpec("phantom", phantom_root)],
+            out=outs[workers],
+            task=TaskConfig(budget=BUDGET),
+            materialize_images=True,
+            workers=workers,
+        )
+        build(config, progress=False)
+    shards = sorted(p.name for p in (outs[1] / "data").glob("*.parquet"))
+    assert len(shards) > 3 and shards == sorted(p.name for p in (outs[2] / "data").glob("*.parquet"))
+    for name in shards:
+        assert pq.read_table(outs[1] / "data" / name).equals(pq.read_table(outs[2] / "data" / name))
+    for name in ("rejects.jsonl", "audit.json"):
+        one, two = ((outs[w] / name).read_text().replace(str(outs[w]), "OUT") for w in (1, 2))
+        assert one == two
+    images = sorted(p.relative_to(outs[1]) for p in (outs[1] / "images").rglob("*.png"))
+    assert images and images == sorted(p.relative_to(outs[2]) for p in (outs[2] / "images").rglob("*.png"))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_terminated_build_leaves_nothing_behind(phantom_root, tmp_path, workers):
+    """SIGTERM (a cluster pre-emption) mid-build: exit status 143, no staging folder, no output."""
+    script = f"""
+import os, signal
+import cxmind.data.build as b
+from cxmind.data.tasks import TaskBuilder
+b.CHUNK_STUDIES = 5
+original = TaskBuilder.build
+def build_then_stop(self, study, *args, **kwargs):
+    if study.study_id == {_second_chunk_study(phantom_root)!r}:
+        os.kill(os.getppid() if {workers} > 1 else os.getpid(), signal.SIGTERM)
+    return original(self, study, *args, **kwargs)
+TaskBuilder.build = build_then_stop
+config = b.BuildConfig(sources=[b.SourceSpec("phantom", {str(phantom_root)!r})],
+                       out={str(tmp_path / "set")!r}, materialize_images=True, workers={workers})
+b.build(config, progress=False)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 143, done.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def _second_chunk_study(phantom_root) -> str:
+    """A study the build reaches after its first work unit (chunks of 5 studies in patient order)."""
+    from cxmind.data.phantom import PhantomSource
+
+    return list(PhantomSource(phantom_root).studies())[12].study_id
+
+
+def test_the_record_set_is_readable_as_the_umask_allows(phantom_root, tmp_path):
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        out = tmp_path / "set"
+        build(
+            BuildConfig(sources=[SourceSpec("phantom", phantom_root)], out=out, audit=False), progress=False
+        )
+    finally:
+        os.umask(previous)
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in out.rglob("*"))

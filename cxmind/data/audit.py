@@ -51,6 +51,8 @@ from cxmind.data.dedupe import (
     report_key,
 )
 from cxmind.data.schema import SPLITS, TASKS
+from cxmind.data.workers import map_in_workers
+from cxmind.errors import UserError
 from cxmind.format import (
     ACCEPT,
     REJECT,
@@ -398,6 +400,11 @@ def _bow(fit: list[_Closed]) -> Any:
     return predict_many
 
 
+def _score_group_job(job: tuple[list[_Closed], list[_Closed]]) -> tuple[dict[str, list[int]], set[str]]:
+    notes: set[str] = set()
+    return _score_group(*job, notes), notes
+
+
 def _score_group(fit: list[_Closed], test: list[_Closed], notes: set[str]) -> dict[str, list[int]]:
     """Per baseline, 1/0 per scored test record (empty when the baseline could not be fitted)."""
     scored = [r for r in test if r.gold is not None]
@@ -435,12 +442,32 @@ def _shards(path: Path) -> dict[str, list[Path]]:
     return dict(shards)
 
 
-def _rows(shards: Iterable[Path]) -> Iterator[dict[str, Any]]:
+def _rows(shards: Iterable[Path], skip: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
     import pyarrow.parquet as pq
 
     for shard in shards:
-        for batch in pq.ParquetFile(shard).iter_batches(batch_size=4096):
+        file = pq.ParquetFile(shard)
+        columns = [name for name in file.schema_arrow.names if name not in skip]
+        for batch in file.iter_batches(batch_size=4096, columns=columns):
             yield from batch.to_pylist()
+
+
+_TRACE_COLUMNS = ["id", "task_type", "solution", "options", "answer"]
+
+
+def _shard_contradictions(shard: Path) -> dict[str, list[str]]:
+    """Record id -> contradiction kinds, for the records of one shard that have any (a worker job)."""
+    import pyarrow.parquet as pq
+
+    file = pq.ParquetFile(shard)
+    columns = [name for name in _TRACE_COLUMNS if name in file.schema_arrow.names]
+    found = {}
+    for batch in file.iter_batches(batch_size=4096, columns=columns):
+        for row in batch.to_pylist():
+            kinds = record_contradictions(row)
+            if kinds:
+                found[row["id"]] = kinds
+    return found
 
 
 def _label_space(row: Mapping[str, Any]) -> str | None:
@@ -586,7 +613,16 @@ class _Collector:
     """One streamed pass over every record: contradictions, duplicate candidates, answer
     distributions and the compact closed views the baselines need (train reservoir-sampled)."""
 
-    def __init__(self, split: str, fit_split: str, max_examples: int, max_fit_rows: int, min_words: int):
+    def __init__(
+        self,
+        split: str,
+        fit_split: str,
+        max_examples: int,
+        max_fit_rows: int,
+        min_words: int,
+        contradictions: Mapping[str, list[str]],
+    ):
+        self.found = contradictions  # record id -> kinds (checked per shard in worker processes)
         self.split, self.fit_split = split, fit_split
         self.max_examples, self.max_fit_rows, self.min_words = max_examples, max_fit_rows, min_words
         self.groups: dict[tuple[str, str], _Group] = {}  # (source, task)
@@ -641,7 +677,7 @@ class _Collector:
                     group.fit[j] = view
 
     def _contradictions(self, row: Mapping[str, Any], task: str, split: str) -> None:
-        kinds = record_contradictions(row)
+        kinds = self.found.get(row["id"])
         if not kinds:
             return
         entry = self.contradictions.setdefault(
@@ -701,6 +737,7 @@ def audit(
     min_report_words: int = MIN_REPORT_WORDS,
     phash_distance: int = PHASH_DISTANCE,
     progress: bool = False,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Audit the record set folder ``path``; returns the plain-JSON result (see the module docstring)."""
     from cxmind.data.records import image_roots, read_meta, rejected_ids
@@ -708,7 +745,7 @@ def audit(
     path = Path(path)
     for name, value in (("split", split), ("fit_split", fit_split)):
         if value not in SPLITS:
-            raise ValueError(f"{name} must be one of {SPLITS}, got {value!r}")
+            raise UserError(f"{name} must be one of {SPLITS}, got {value!r}")
     read_meta(path)  # a clear error when this is not a record set
     rejected = rejected_ids(path)
     shards = _shards(path)
@@ -722,9 +759,13 @@ def audit(
     if fit_split == split:
         notes.add("baselines are fitted and scored on the same split: their accuracies are optimistic")
 
-    collector = _Collector(split, fit_split, max_examples, max_fit_rows, min_report_words)
+    found: dict[str, list[str]] = {}
+    every_shard = [shard for row_split in _in_order(shards) for shard in shards[row_split]]
+    for part in map_in_workers(_shard_contradictions, every_shard, workers):
+        found.update(part)
+    collector = _Collector(split, fit_split, max_examples, max_fit_rows, min_report_words, found)
     for row_split in _in_order(shards):
-        for row in _rows(shards[row_split]):
+        for row in _rows(shards[row_split], skip=("solution",)):
             if row["id"] not in rejected:
                 collector.add(row, row_split)
 
@@ -733,7 +774,7 @@ def audit(
     )
     if duplicates["near_images"].get("note"):
         notes.add(duplicates["near_images"]["note"])
-    tasks, by_source_task = _baselines(collector, margin, notes)
+    tasks, by_source_task = _baselines(collector, margin, notes, workers)
     for task, entry in tasks.items():
         entry["contradictions"] = collector.contradictions.get(task, {}).get("records", 0)
         entry["duplicates"] = dup_by_task.get(task, {})
@@ -838,17 +879,23 @@ def _duplicates(
 
 
 def _baselines(
-    collector: _Collector, margin: float, notes: set[str]
+    collector: _Collector, margin: float, notes: set[str], workers: int | None = None
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Task rows and source × task rows: answer distributions, baselines fitted per source × task
-    and pooled per task."""
+    (in worker processes) and pooled per task."""
+    groups = sorted(collector.groups.items())
+    closed = [(g.fit, g.test) for _, g in groups if g.task_type == "closed"]
+    fitted = iter(list(map_in_workers(_score_group_job, closed, workers)))
     pooled_hits: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     pooled_chance: dict[str, list[float]] = defaultdict(list)
     unfitted_chance: dict[str, list[float]] = defaultdict(list)
     unfitted: Counter = Counter()
     rows = []
-    for (source, task), group in sorted(collector.groups.items()):
-        scores = _score_group(group.fit, group.test, notes) if group.task_type == "closed" else {}
+    for (source, task), group in groups:
+        scores: Mapping[str, list[int]] = {}
+        if group.task_type == "closed":
+            scores, group_notes = next(fitted)
+            notes |= group_notes
         chances = [1 / len(r.texts) for r in group.test if r.gold is not None]
         if scores:
             pooled_chance[task] += chances
@@ -1081,6 +1128,9 @@ def add_parser(data_sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     a.add_argument("--no-images", action="store_true", help="skip the image checks (no hashing)")
     a.add_argument(
+        "--workers", type=int, default=None, help="worker processes (default: one per CPU, at most 8)"
+    )
+    a.add_argument(
         "--strict", action="store_true", help="exit 1 on a blind shortcut, a contradiction or a duplicate"
     )
     a.add_argument("--no-progress", action="store_true")
@@ -1100,6 +1150,7 @@ def run(args: argparse.Namespace) -> int:
         min_report_words=args.min_report_words,
         phash_distance=args.phash_distance,
         progress=not args.no_progress,
+        workers=args.workers,
     )
     out = args.out if args.out is not None else Path(args.records) / AUDIT_FILE
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -71,6 +71,16 @@ class AnswerBalance:
     #: study -> (option texts, gold text): complete option sets (see :func:`assign_single_choice`)
     single_choice: dict[str, tuple[tuple[str, ...], str]] = field(default_factory=dict)
 
+    def subset(self, studies: set[str]) -> AnswerBalance:
+        """The plan of ``studies`` only (what a build worker needs for its share of the studies)."""
+        return AnswerBalance(
+            binary={k: v for k, v in self.binary.items() if k in studies},
+            views=self.views,
+            view_studies=self.view_studies & studies,
+            progression={k: v for k, v in self.progression.items() if k in studies},
+            single_choice={k: v for k, v in self.single_choice.items() if k in studies},
+        )
+
 
 def assign_single_choice(
     slots: Sequence[tuple[str, SingleChoiceSlot]], k: int, seed: int, tries: int = 48

@@ -3,7 +3,8 @@
 Output folder layout::
 
     out/
-      data/{split}-{n:05d}.parquet   records (see cxmind.data.schema), one shard set per split
+      data/{split}-{source}-{chunk}-{n}.parquet
+                                     records (see cxmind.data.schema); shards per split and work unit
       images/{source}/...png         processed images (only with materialize_images)
       rejects.jsonl                  every study/record/image that was not built, with the reason
       cxmind_data.json               image roots per source, build config, counts
@@ -20,9 +21,12 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 from pathlib import Path
@@ -41,6 +45,8 @@ from cxmind.data.tasks import (
     labels_differ,
     study_labels,
 )
+from cxmind.data.workers import map_in_workers
+from cxmind.errors import ExistingOutputError, UserError
 
 __all__ = ["BuildConfig", "BuildSummary", "SourceSpec", "build", "parse_source_spec", "parse_source_specs"]
 
@@ -61,13 +67,13 @@ def parse_source_spec(text: str, options: Iterable[str] = ()) -> SourceSpec:
     """``"nih=/data/nih"`` plus ``["nih.uncertain=positive", ...]`` -> SourceSpec (CLI syntax)."""
     name, sep, root = text.partition("=")
     if not sep or not name or not root:
-        raise ValueError(f"--source {text!r}: expected NAME=FOLDER, e.g. --source nih=/data/ChestX-ray14")
+        raise UserError(f"--source {text!r}: expected NAME=FOLDER, e.g. --source nih=/data/ChestX-ray14")
     opts: dict[str, Any] = {}
     for item in options:
         key, sep, value = item.partition("=")
         src, dot, opt = key.partition(".")
         if not sep or not dot:
-            raise ValueError(
+            raise UserError(
                 f"--source-option {item!r}: expected SOURCE.OPTION=VALUE, e.g. chexpert.uncertain=positive"
             )
         if _source_key(src) == _source_key(name):
@@ -89,7 +95,7 @@ def parse_source_specs(sources: Iterable[str], options: Iterable[str] = ()) -> l
     for item in options:
         src = item.partition("=")[0].partition(".")[0]
         if _source_key(src) not in building:
-            raise ValueError(
+            raise UserError(
                 f"--source-option {item!r}: {src!r} is not a source being built "
                 f"({', '.join(spec.name for spec in specs)}); valid sources: {', '.join(sorted(SOURCES))}; "
                 "fix: spell the source as in --source, or drop the option"
@@ -130,6 +136,8 @@ class BuildConfig:
     dedupe_images: bool = True
     #: run ``cxmind data audit`` on the result and put it in the dataset card (and audit.json)
     audit: bool = True
+    #: worker processes (None: one per CPU, at most 8); the records do not depend on it
+    workers: int | None = None
 
 
 @dataclass
@@ -163,11 +171,10 @@ class BuildSummary:
 class _ShardWriter:
     """Buffers records per split and writes parquet shards of ``rows`` rows."""
 
-    def __init__(self, folder: Path, rows: int) -> None:
-        self.folder, self.rows = folder, rows
+    def __init__(self, folder: Path, rows: int, prefix: str) -> None:
+        self.folder, self.rows, self.prefix = folder, rows, prefix
         self.buffers: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.shards: Counter = Counter()
-        folder.mkdir(parents=True, exist_ok=True)
 
     def add(self, record: Record) -> None:
         buffer = self.buffers[record.split]
@@ -184,7 +191,7 @@ class _ShardWriter:
             return
         columns = {name: [row[name] for row in rows] for name in RECORD_FIELDS}
         table = pa.table(columns, schema=_arrow_schema())
-        pq.write_table(table, self.folder / f"{split}-{self.shards[split]:05d}.parquet")
+        pq.write_table(table, self.folder / f"{split}-{self.prefix}-{self.shards[split]:03d}.parquet")
         self.shards[split] += 1
 
     def close(self) -> None:
@@ -235,15 +242,16 @@ def build(config: BuildConfig, *, progress: bool = True) -> BuildSummary:
 
     out = Path(config.out).expanduser().absolute()
     if out.exists() and any(out.iterdir()) and not config.overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+        raise ExistingOutputError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
     if not config.sources:
-        raise ValueError("no source given; e.g. --source nih=/data/ChestX-ray14 (or --source phantom=<dir>)")
+        raise UserError("no source given; e.g. --source nih=/data/ChestX-ray14 (or --source phantom=<dir>)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    restore_signals = _exit_on_sigterm()
+    staging = _new_folder(out.parent, prefix=f".{out.name}.building-")
     summary = BuildSummary(out=out)
     image_roots: dict[str, str] = {}
+    built: Generator[tuple[Counter, list[Reject]], None, None] | None = None
     try:
-        writer = _ShardWriter(staging / "data", config.shard_rows)
         with open(staging / REJECTS_FILE, "w", encoding="utf-8") as rejects_file:
 
             def reject(item: Reject, source: str) -> None:
@@ -268,11 +276,11 @@ def build(config: BuildConfig, *, progress: bool = True) -> BuildSummary:
             summary.duplicates = align_duplicate_splits(
                 read, roots, all_splits, images=config.dedupe_images, seed=config.task.seed, progress=progress
             )
+            chunks = []
             for spec in config.sources:
                 studies, splits = read.pop(spec.name), all_splits[spec.name]
                 ordered = list(_in_patient_order(studies))
-                balance = fit_answer_balance(ordered, config.task)
-                builder = TaskBuilder(config.task, balance)
+                builder = TaskBuilder(config.task, fit_answer_balance(ordered, config.task))
                 matches = _image_text_pairs(studies, splits, config.task.seed)
                 materializer = (
                     _Materializer(spec, out, staging, config.task.budget)
@@ -282,43 +290,132 @@ def build(config: BuildConfig, *, progress: bool = True) -> BuildSummary:
                 image_roots[spec.name] = (
                     f"images/{spec.name}" if materializer else str(Path(spec.root).expanduser().absolute())
                 )
-                bar = tqdm(
-                    total=len(studies), desc=f"{spec.name}: records", unit=" studies", disable=not progress
-                )
-                for study, previous in ordered:
-                    match = matches.get(study.study_id)
-                    records, rejected = builder.build(
-                        study,
-                        splits[study.patient_id],
-                        previous=previous,
-                        other_report=match if match is not _OWN_REPORT else None,
-                        image_text=match is not None,
+                for start in range(0, len(ordered), CHUNK_STUDIES):
+                    pairs = ordered[start : start + CHUNK_STUDIES]
+                    chunks.append(
+                        _Chunk(
+                            spec.name, start // CHUNK_STUDIES, pairs, splits, matches, builder, materializer
+                        )
                     )
-                    for item in rejected:
-                        reject(item, spec.name)
-                    for record in records:
-                        if materializer is not None:
-                            record, problem = materializer.apply(record)
-                            if problem is not None:
-                                reject(problem, spec.name)
-                                continue
-                        writer.add(record)
-                        summary.records[(record.source, record.task, record.split)] += 1
-                    bar.update()
-                bar.close()
-        writer.close()
+            bar = tqdm(total=len(chunks), desc="records", unit=" chunks", disable=not progress)
+            (staging / "data").mkdir()
+            jobs = [(chunk, staging / "data", config.shard_rows) for chunk in chunks]
+            built = map_in_workers(_build_chunk, jobs, config.workers)
+            for chunk, (counts, rejected) in zip(chunks, built, strict=True):
+                summary.records.update(counts)
+                for item in rejected:
+                    reject(item, chunk.source)
+                bar.update()
+            bar.close()
         _write_meta(staging, config, summary, image_roots)
         if config.audit:
-            _append_audit(staging, progress)
-        if out.exists():
-            _discard(out)
-        os.replace(staging, out)
+            _append_audit(staging, out, progress, config.workers)
+        with _signals_held():  # never stopped between removing the old output and renaming the new
+            if out.exists():
+                _discard(out)
+            os.replace(staging, out)
     finally:
+        if built is not None:
+            built.close()  # interrupted: end the workers before removing what they write into
         shutil.rmtree(staging, ignore_errors=True)
+        restore_signals()
     return summary
 
 
-_OWN_REPORT = object()  # image-text matching with the study's own report ("Yes")
+def _new_folder(parent: Path, prefix: str) -> Path:
+    """A new uniquely named folder, readable as the umask allows (``mkdtemp`` makes it ``0o700``,
+    which would leave the finished record set unreadable by the rest of a team)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    return folder
+
+
+def _exit_on_sigterm() -> Callable[[], None]:
+    """Turn SIGTERM (a cluster pre-emption, ``kill``) into ``SystemExit(143)`` so that the build's
+    ``finally`` removes its staging folder, as Ctrl-C already does; returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # signal handlers can only be set from the main thread
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Delay SIGINT and SIGTERM (delivered on exit) while a few file operations must finish together."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+
+
+#: Studies per work unit. Fixed, not derived from the number of workers, so that the shards and
+#: every record in them are the same however many processes build them.
+CHUNK_STUDIES = 20_000
+
+
+@dataclass
+class _Chunk:
+    """Consecutive (study, previous study) pairs of one source, with what building them needs.
+
+    Only the chunk's own patients and studies travel to a worker (see :meth:`__getstate__`)."""
+
+    source: str
+    index: int
+    pairs: list[tuple[Study, Study | None]]
+    splits: dict[str, str]  # patient id -> split
+    matches: dict[str, Any]  # study id -> image-text pairing (see _image_text_pairs)
+    builder: TaskBuilder
+    materializer: _Materializer | None
+
+    def __getstate__(self) -> dict[str, Any]:
+        ids = {study.study_id for study, _ in self.pairs}
+        state = dict(self.__dict__)
+        state["splits"] = {s.patient_id: self.splits[s.patient_id] for s, _ in self.pairs}
+        state["matches"] = {k: v for k, v in self.matches.items() if k in ids}
+        state["builder"] = self.builder.subset(ids)
+        return state
+
+
+def _build_chunk(job: tuple[_Chunk, Path, int]) -> tuple[Counter, list[Reject]]:
+    """Builds one chunk's records into its own shards; returns record counts and rejects."""
+    chunk, folder, shard_rows = job
+    writer = _ShardWriter(folder, shard_rows, prefix=f"{chunk.source}-{chunk.index:04d}")
+    counts: Counter = Counter()
+    rejected: list[Reject] = []
+    for study, previous in chunk.pairs:
+        match = chunk.matches.get(study.study_id)
+        records, problems = chunk.builder.build(
+            study,
+            chunk.splits[study.patient_id],
+            previous=previous,
+            other_report=None if match == _OWN_REPORT else match,
+            image_text=match is not None,
+        )
+        rejected += problems
+        for record in records:
+            if chunk.materializer is not None:
+                record, problem = chunk.materializer.apply(record)
+                if problem is not None:
+                    rejected.append(problem)
+                    continue
+            writer.add(record)
+            counts[(record.source, record.task, record.split)] += 1
+    writer.close()
+    return counts, rejected
+
+
+_OWN_REPORT = "own report"  # image-text matching with the study's own report ("Yes"); survives pickling
 
 
 def _image_text_pairs(studies: list[Study], splits: dict[str, str], seed: int) -> dict[str, Any]:
@@ -448,12 +545,13 @@ def _duplicates_text(found: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _append_audit(folder: Path, progress: bool) -> None:
+def _append_audit(folder: Path, out: Path, progress: bool, workers: int | None) -> None:
     """Audit the finished record set (image-blind baselines, contradictions, cross-split
     duplicates) into ``audit.json`` and the dataset card."""
     from cxmind.data.audit import AUDIT_FILE, audit, audit_markdown
 
-    result = audit(folder, images=False, progress=progress)
+    result = audit(folder, images=False, progress=progress, workers=workers)
+    result["records"] = str(out)  # where the set will be, not the staging folder audited
     (folder / AUDIT_FILE).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     with open(folder / "README.md", "a", encoding="utf-8") as card:
         card.write("\n" + audit_markdown(result) + "\n")

@@ -58,6 +58,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from cxmind.data.images import save_normalised
 from cxmind.data.schema import Box, Report, Study
+from cxmind.errors import MissingFileError, UserError
 from cxmind.vocab import NO_FINDING, canonical
 
 __all__ = [
@@ -303,7 +304,7 @@ def _normalise_findings(findings: Collection[str]) -> frozenset[str]:
         if name == NO_FINDING:
             continue
         if name not in PHANTOM_FINDINGS:
-            raise ValueError(f"phantoms cannot draw {finding!r}; choose from {PHANTOM_FINDINGS}")
+            raise UserError(f"phantoms cannot draw {finding!r}; choose from {PHANTOM_FINDINGS}")
         names.add(name)
     return frozenset(names)
 
@@ -323,9 +324,9 @@ def render_phantom(
     the same pixels. ``view`` "AP" projects the clavicles higher and the scapulae over the lungs.
     """
     if isinstance(size, bool) or not isinstance(size, int) or size < _MIN_SIZE:
-        raise ValueError(f"phantom size must be an integer >= {_MIN_SIZE}, got {size!r}")
+        raise UserError(f"phantom size must be an integer >= {_MIN_SIZE}, got {size!r}")
     if view not in PHANTOM_VIEWS:
-        raise ValueError(f"phantom view must be one of {PHANTOM_VIEWS}, got {view!r}")
+        raise UserError(f"phantom view must be one of {PHANTOM_VIEWS}, got {view!r}")
     present = _normalise_findings(findings)
     anatomy_seed = seed if anatomy_seed is None else anatomy_seed
     anatomy = _anatomy(np.random.default_rng([anatomy_seed, _STREAM_ANATOMY]))
@@ -736,15 +737,15 @@ def write_phantom_dataset(
     """
     label_space = tuple(dict.fromkeys(canonical(f) for f in findings))
     if not label_space or any(f not in PHANTOM_FINDINGS for f in label_space):
-        raise ValueError(f"findings must be a non-empty subset of {PHANTOM_FINDINGS}, got {tuple(findings)}")
+        raise UserError(f"findings must be a non-empty subset of {PHANTOM_FINDINGS}, got {tuple(findings)}")
     lo, hi = studies_per_patient
     if n_patients < 1 or not 1 <= lo <= hi:
-        raise ValueError(
+        raise UserError(
             f"need n_patients >= 1 and 1 <= min <= max studies, got {n_patients} and {studies_per_patient}"
         )
     for name, p in (("p_finding", p_finding), ("p_normal", p_normal), ("p_ap", p_ap)):
         if not 0 <= p <= 1:
-            raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
+            raise UserError(f"{name} must be a probability in [0, 1], got {p}")
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -818,7 +819,7 @@ class PhantomSource:
         self.root = Path(root)
         self.csv_path = self.root / PHANTOM_CSV
         if not self.csv_path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{self.csv_path} not found: {self.root} is not a phantom dataset; create one with "
                 f"`cxmind.data.phantom.write_phantom_dataset({str(self.root)!r})`"
             )
@@ -829,7 +830,7 @@ class PhantomSource:
             reader = csv.DictReader(fh)
             missing = [c for c in PHANTOM_CSV_COLUMNS if c not in (reader.fieldnames or ())]
             if missing:
-                raise ValueError(
+                raise UserError(
                     f"{self.csv_path}: missing columns {missing}; rewrite it with write_phantom_dataset"
                 )
             yield from enumerate(reader, start=2)
@@ -877,6 +878,6 @@ class PhantomSource:
                     split=None,
                 )
             except (ValueError, KeyError, TypeError) as err:
-                raise ValueError(
+                raise UserError(
                     f"{self.csv_path}, line {line}: {err}; fix: rewrite it with write_phantom_dataset"
                 ) from err

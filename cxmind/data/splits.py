@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Iterable
 
 from cxmind.data.schema import SPLITS
+from cxmind.errors import UserError
 
 __all__ = ["DEFAULT_FRACTIONS", "assign_split", "patient_splits"]
 
@@ -38,9 +39,9 @@ def assign_split(
     'validation'
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
-        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+        raise UserError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
     if official is not None and official not in SPLITS:
-        raise ValueError(f"{source}: official split must be one of {SPLITS}, got {official!r}")
+        raise UserError(f"{source}: official split must be one of {SPLITS}, got {official!r}")
     if official in ("validation", "test"):
         return official
     train, validation, test = fractions

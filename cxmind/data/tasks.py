@@ -26,6 +26,7 @@ from cxmind.data.traces import (
     report_sentences,
     summary_text,
 )
+from cxmind.errors import UserError
 from cxmind.vocab import NO_FINDING, is_known, not_absent, resolve_labels
 
 __all__ = [
@@ -131,11 +132,11 @@ class TaskConfig:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.tasks) - set(TASKS))
         if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; choose from {sorted(TASKS)}")
+            raise UserError(f"unknown task(s) {unknown}; choose from {sorted(TASKS)}")
         if self.balance not in BALANCE_MODES:
-            raise ValueError(f"balance must be one of {BALANCE_MODES}, got {self.balance!r}")
+            raise UserError(f"balance must be one of {BALANCE_MODES}, got {self.balance!r}")
         if not 2 <= self.choices <= len(LETTERS):
-            raise ValueError(f"choices must lie in [2, {len(LETTERS)}], got {self.choices}")
+            raise UserError(f"choices must lie in [2, {len(LETTERS)}], got {self.choices}")
 
 
 @dataclass
@@ -170,6 +171,10 @@ class TaskBuilder:
     def __init__(self, config: TaskConfig, balance: AnswerBalance | None = None) -> None:
         self.config = config
         self.balance = balance if config.balance == "answers" else None
+
+    def subset(self, studies: set[str]) -> TaskBuilder:
+        """A builder for ``studies`` only: the same records for them, a smaller plan to ship to a worker."""
+        return TaskBuilder(self.config, self.balance.subset(studies) if self.balance is not None else None)
 
     def build(
         self,

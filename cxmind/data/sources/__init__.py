@@ -34,6 +34,7 @@ from cxmind.data.sources.padchest import PadChest
 from cxmind.data.sources.rsna import RSNA
 from cxmind.data.sources.siim import SIIM
 from cxmind.data.sources.vindr import VinDr
+from cxmind.errors import UserError
 
 __all__ = [
     "MIMIC",
@@ -66,7 +67,7 @@ def source_options(name: str) -> dict[str, Any]:
 def _lookup(name: str) -> type[Any]:
     key = name.strip().lower().replace("-", "_")
     if key not in SOURCES:
-        raise ValueError(f"unknown source {name!r}; valid sources: {', '.join(sorted(SOURCES))}")
+        raise UserError(f"unknown source {name!r}; valid sources: {', '.join(sorted(SOURCES))}")
     return SOURCES[key]
 
 
@@ -77,7 +78,5 @@ def get_source(name: str, root: str | Path, **options: Any) -> Source:
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         valid = ", ".join(f"{k}={v!r}" for k, v in accepted.items()) or "none"
-        raise ValueError(
-            f"{cls.name}: unknown option {', '.join(unknown)}; valid options (defaults): {valid}"
-        )
+        raise UserError(f"{cls.name}: unknown option {', '.join(unknown)}; valid options (defaults): {valid}")
     return cls(root, **options)

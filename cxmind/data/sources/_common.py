@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from cxmind.data.schema import Study
+from cxmind.errors import MissingFileError, UserError
 from cxmind.vocab import CHEXPERT_14, NO_FINDING, canonical, is_known
 
 __all__ = [
@@ -72,7 +73,7 @@ def check_choice(source: str, option: str, value: object, choices: Sequence[str]
     """``value`` if it is one of ``choices``, else a ValueError naming the source and the choices."""
     if value not in choices:
         allowed = ", ".join(repr(c) for c in choices)
-        raise ValueError(f"{source}: {option}={value!r} is not one of {allowed}")
+        raise UserError(f"{source}: {option}={value!r} is not one of {allowed}")
     return str(value)
 
 
@@ -91,7 +92,7 @@ class BaseSource:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
-            raise FileNotFoundError(f"{self.name}: {self.root} is not a folder; {self.hint}")
+            raise MissingFileError(f"{self.name}: {self.root} is not a folder; {self.hint}")
         self.skipped: Counter[str] = Counter()
         self.unmapped_labels: Counter[str] = Counter()
         self.rejects: list[tuple[str, str, str]] = []
@@ -123,7 +124,7 @@ class BaseSource:
         if path is None:
             others = ", ".join(names[1:])
             tried = f" (nor {others}, nor a .gz/.zip variant)" if others else " (nor a .gz/.zip variant)"
-            raise FileNotFoundError(f"{self.name}: {self.root / names[0]} not found{tried}; {self.hint}")
+            raise MissingFileError(f"{self.name}: {self.root / names[0]} not found{tried}; {self.hint}")
         return path
 
     def header(self, path: Path, required: Sequence[str]) -> dict[str, str]:
@@ -131,12 +132,12 @@ class BaseSource:
         try:
             columns = pd.read_csv(path, nrows=0).columns
         except (ValueError, OSError, zipfile.BadZipFile) as exc:  # empty, not a csv, bad archive
-            raise ValueError(f"{self.name}: cannot read {path} as a csv table ({exc}); {self.hint}") from exc
+            raise UserError(f"{self.name}: cannot read {path} as a csv table ({exc}); {self.hint}") from exc
         by_name = {str(c).strip(): str(c) for c in columns}
         missing = [c for c in required if c not in by_name]
         if missing:
             found = ", ".join(repr(c) for c in list(by_name)[:15])
-            raise ValueError(
+            raise UserError(
                 f"{self.name}: {path} has no column {', '.join(repr(c) for c in missing)} (found: {found}); "
                 f"expected the official file, unmodified; {self.hint}"
             )
@@ -350,9 +351,7 @@ def chexpert_labels(
         row = int(rows[row]) if rows is not None else int(row)
         column = CHEXPERT_COLUMNS[col]
         value = float(frame[column].iat[row])
-        raise ValueError(
-            f"{where}: column {column!r} holds {value!r} (row {row}); expected 1, 0, -1 or blank"
-        )
+        raise UserError(f"{where}: column {column!r} holds {value!r} (row {row}); expected 1, 0, -1 or blank")
     cells = np.zeros(values.shape, dtype=np.int64)
     for value, code in _CELL.items():
         cells[values == value] = code

@@ -60,6 +60,7 @@ from cxmind.data.sources._common import (
     per_row,
     view_name,
 )
+from cxmind.errors import MissingFileError, UserError
 from cxmind.vocab import NO_FINDING
 
 __all__ = ["CheXpert"]
@@ -97,7 +98,7 @@ class CheXpert(BaseSource):
                     tables.append((path, split))
             if tables:
                 return folder, tables
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{self.name}: {self.root / 'train.csv'} not found (nor {DATASET_FOLDERS[0]}/train.csv, "
             f"{DATASET_FOLDERS[1]}/train.csv or valid.csv; {', '.join(SUFFIXES[1:])} variants accepted "
             f"too); {self.hint}"
@@ -118,7 +119,7 @@ class CheXpert(BaseSource):
                 bare = bool(paths) and paths[0].startswith(("train/", "valid/", "test/"))
                 rest = paths if bare else [p.split("/", 1)[1] for p in paths]
             except (IndexError, AttributeError) as exc:
-                raise ValueError(
+                raise UserError(
                     f"{self.name}: {path} column 'Path' should hold paths like "
                     "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg"
                 ) from exc

@@ -55,6 +55,7 @@ from cxmind.data.sources._common import (
     view_name,
     view_rank,
 )
+from cxmind.errors import UserError
 from cxmind.vocab import FINDINGS, NO_FINDING
 
 __all__ = ["IU_TERMS", "IUXray", "parse_report_xml"]
@@ -143,7 +144,7 @@ class IUXray(BaseSource):
             try:
                 self._parsed = [parse_report_xml(data) for _, data in self._xml_files()]
             except ET.ParseError as exc:
-                raise ValueError(
+                raise UserError(
                     f"{self.name}: a report in {self.reports_path} is not valid XML ({exc})"
                 ) from exc
         return self._parsed
@@ -161,9 +162,7 @@ class IUXray(BaseSource):
                     if handle is not None:
                         yield member.name, handle.read()
         except tarfile.TarError as exc:
-            raise ValueError(
-                f"{self.name}: cannot read {self.reports_path} as a tar archive ({exc})"
-            ) from exc
+            raise UserError(f"{self.name}: cannot read {self.reports_path} as a tar archive ({exc})") from exc
 
     @staticmethod
     def _map(term: str) -> tuple[str, bool]:

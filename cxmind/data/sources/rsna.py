@@ -35,6 +35,7 @@ import pandas as pd
 
 from cxmind.data.schema import Box, Study
 from cxmind.data.sources._common import BaseSource, gc_paused, grouped, per_row, view_name
+from cxmind.errors import MissingFileError, UserError
 
 __all__ = ["RSNA"]
 
@@ -55,7 +56,7 @@ class RSNA(BaseSource):
         super().__init__(root)
         self.nih_mapping = Path(nih_mapping).expanduser() if nih_mapping else None
         if self.nih_mapping is not None and not self.nih_mapping.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{self.name}: nih_mapping {self.nih_mapping} not found; give the published RSNA-to-NIH "
                 "mapping (pneumonia-challenge-dataset-mappings_2018.json or its csv form)"
             )
@@ -85,7 +86,7 @@ class RSNA(BaseSource):
                 rows = pd.read_csv(path, dtype=str).to_dict("records")
             pairs = {str(r["subset_img_id"]): str(r["img_id"]) for r in rows}
         except (ValueError, KeyError, TypeError, OSError) as exc:
-            raise ValueError(
+            raise UserError(
                 f"{self.name}: cannot read {path} as the RSNA-to-NIH mapping ({exc}); expected rows with "
                 "'subset_img_id' (the RSNA patientId) and 'img_id' (the NIH image name)"
             ) from exc
@@ -101,7 +102,7 @@ class RSNA(BaseSource):
             if bad.any():
                 row = int(np.flatnonzero(bad)[0])
                 value = float(target[row])
-                raise ValueError(
+                raise UserError(
                     f"{self.name}: {self.labels_path}: column 'Target' holds {value!r} (row {row}); "
                     "expected 0 or 1"
                 )

@@ -37,6 +37,7 @@ import pandas as pd
 
 from cxmind.data.schema import Box, Study
 from cxmind.data.sources._common import BaseSource, gc_paused, grouped
+from cxmind.errors import UserError
 
 __all__ = ["SIIM", "rle_extent", "rle_extents", "rle_mask", "rle_runs"]
 
@@ -159,7 +160,7 @@ class SIIM(BaseSource):
             try:
                 extents = rle_extents([rles[i] for i in positive])
             except ValueError as exc:
-                raise ValueError(f"{self.name}: {self.table_path}: {exc}") from exc
+                raise UserError(f"{self.name}: {self.table_path}: {exc}") from exc
             boxes: dict[str, list[Box]] = {}
             for i, extent in zip(positive, extents, strict=True):
                 found = boxes.setdefault(ids[i], [])
