@@ -2,7 +2,10 @@
 
 A card is what strangers see first, so it states up front that the model is a research artifact and
 not for clinical use, and it says exactly how the model was trained (stages, data, hyperparameters,
-CuRL-VPR reward settings) and evaluated. Everything that goes into it passes through :func:`scrub`,
+CuRL-VPR reward settings) and evaluated. Its Hub metadata is a ``huggingface_hub.ModelCardData``
+(with a ``model-index`` of the evaluation results, so the Hub shows them) and its text is the
+Markdown template ``cxmind/templates/model_card.md``, rendered by ``ModelCard.from_template``; this
+module only computes the values and tables. Everything that goes into it passes through :func:`scrub`,
 so local absolute paths and access tokens never leave the machine. :func:`push_stage` reads the
 token only from the environment (``HF_TOKEN`` or ``hf auth login``, resolved by ``huggingface_hub``)
 and uploads the folder in one commit, safetensors weights only.
@@ -23,14 +26,20 @@ from importlib import metadata
 from pathlib import Path, PurePath
 from typing import Any
 
-from huggingface_hub import HfApi, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import filter_repo_objects
 
 __all__ = [
+    "LOCAL_RECORDS",
+    "MODEL_CARD_TEMPLATE",
+    "MODEL_INDEX_METRICS",
+    "MODEL_INDEX_TASKS",
     "PAPER_URL",
     "PUSH_IGNORE_PATTERNS",
+    "REFERENCE_CODE_URL",
     "SENSITIVE_KEY_PARTS",
     "StageCardInfo",
+    "model_index_results",
     "push_stage",
     "render_model_card",
     "scrub",
@@ -48,23 +57,18 @@ SENSITIVE_KEY_PARTS = ("token", "key", "secret", "password", "passwd", "credenti
 #: trainer state, pickled training args), intermediate checkpoints, logs (TensorBoard event file
 #: names carry the host name) and per-record evaluation outputs (they quote the datasets' images and
 #: reports, which belong to their licenses). Folder patterns end with "/", as ``upload_folder`` reads them.
-PUSH_IGNORE_PATTERNS: tuple[str, ...] = (
+_RESUME_STATE = (
     "checkpoint-*/",
-    "*/checkpoint-*/",
     "global_step*/",
-    "*/global_step*/",
     "optimizer.pt",
-    "*/optimizer.pt",
     "scheduler.pt",
-    "*/scheduler.pt",
     "scaler.pt",
-    "*/scaler.pt",
     "rng_state*.pth",
-    "*/rng_state*.pth",
     "trainer_state.json",
-    "*/trainer_state.json",
     "training_args.bin",
-    "*/training_args.bin",
+)
+PUSH_IGNORE_PATTERNS: tuple[str, ...] = (
+    *(pattern for name in _RESUME_STATE for pattern in (name, f"*/{name}")),  # at the top and one level down
     "runs/",
     "wandb/",
     ".cache/",
@@ -162,6 +166,7 @@ class StageCardInfo:
     num_examples: int | None
     hyperparameters: dict[str, Any] = field(default_factory=dict)  # selected TRL config values
     rewards: dict[str, Any] | None = None  # GRPO reward settings: mode, weights, w_closed, w_open, gate, ...
+    dataset_ids: list[str] = field(default_factory=list)  # Hub dataset repos trained on (card metadata)
 
     def __post_init__(self) -> None:
         if self.kind not in STAGE_KINDS:
@@ -212,10 +217,10 @@ def _code(value: Any) -> _Markdown:
     return _Markdown(f"`{text}`")
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", align or "|" + "---|" * len(header)]
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> _Markdown:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return lines
+    return _Markdown("\n".join(lines))
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+|[A-Za-z0-9][\w.-]*")
@@ -319,10 +324,9 @@ def _eval_groups(results: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]],
     return groups, scalars
 
 
-def _eval_section(results: Mapping[str, Any]) -> list[str]:
-    results = scrub(dict(results))
+def _eval_context(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The template's ``evaluation`` block: facts, the per-task and scalar tables, notes."""
     groups, scalars = _eval_groups(results)
-    lines = ["## Evaluation", ""]
     facts = []
     config = results.get("config") if isinstance(results.get("config"), Mapping) else {}
     if config.get("data"):
@@ -333,42 +337,121 @@ def _eval_section(results: Mapping[str, Any]) -> list[str]:
         facts.append(f"{results['n_records']} records")
     if results.get("limited"):
         facts.append("**a limited subset** (`--limit`), not the whole split")
-    if facts:
-        lines += ["Evaluated with `cxmind eval` on " + ", ".join(facts) + ".", ""]
+    task_table, has_n = "", False
     if groups:
         cells = {g: {m: _metric_cell(e) for m, e in ms.items()} for g, ms in groups.items()}
         names = list(dict.fromkeys(m for group_cells in cells.values() for m in group_cells))
         counts = {
-            g: [c[1] for c in group_cells.values() if c is not None and c[1] is not None]
-            for g, group_cells in cells.items()
+            g: [c[1] for c in gc.values() if c is not None and c[1] is not None] for g, gc in cells.items()
         }
         has_n = any(counts.values())
         rows = []
         for group, group_cells in cells.items():
             n = [max(counts[group]) if counts[group] else ""] if has_n else []
             rows.append([group, *n, *((group_cells.get(m) or ("",))[0] for m in names)])
-        lines += _table([_cell(h) for h in ["task", *(["n"] if has_n else []), *names]], rows)
-        lines.append("")
-        if has_n:
-            lines += ["Values are means; brackets hold percentile-bootstrap 95% confidence intervals.", ""]
-    if scalars:
-        scalar_rows = [(k, cell[0]) for k, v in scalars.items() if (cell := _metric_cell(v)) is not None]
-        lines += _table(["metric", "value"], scalar_rows)
-        lines.append("")
-    if not groups and not scalars:
-        lines += ["_No metrics recorded._", ""]
-    notes = results.get("metrics", {}).get("notes") if isinstance(results.get("metrics"), Mapping) else None
-    if isinstance(notes, Sequence) and not isinstance(notes, str) and notes:
-        lines += ["Notes:", "", *(f"- {_cell(str(n))}" for n in notes), ""]
-    lines += [
-        "These numbers describe held-out splits of public research datasets. They are not evidence of "
-        "clinical performance.",
-        "",
-    ]
-    return lines
+        task_table = _table([_cell(h) for h in ["task", *(["n"] if has_n else []), *names]], rows)
+    scalar_rows = [(k, cell[0]) for k, v in scalars.items() if (cell := _metric_cell(v)) is not None]
+    metrics = results.get("metrics")
+    notes = metrics.get("notes") if isinstance(metrics, Mapping) else None
+    return {
+        "facts": ", ".join(facts),
+        "task_table": task_table,
+        "has_n": has_n,
+        "scalar_table": _table(["metric", "value"], scalar_rows) if scalar_rows else "",
+        "empty": not groups and not scalars,
+        "notes": [_cell(str(n)) for n in notes]
+        if isinstance(notes, Sequence) and not isinstance(notes, str)
+        else [],
+    }
 
 
-# ---- card sections ----------------------------------------------------------------------------
+# ---- model-index (the Hub's evaluation results widget) ---------------------------------------
+
+#: ``results.json`` metric -> model-index metric name; other metrics stay in the card's table only.
+MODEL_INDEX_METRICS: dict[str, str] = {
+    "accuracy": "Accuracy",
+    "f1": "F1",
+    "precision": "Precision",
+    "recall": "Recall",
+    "format": "Format compliance",
+    "bleu_1": "BLEU-1",
+    "bleu_4": "BLEU-4",
+    "rouge_l": "ROUGE-L",
+    "bertscore_f1": "BERTScore F1",
+    "ce_f1": "Clinical efficacy F1 (CheXpert)",
+    "iou": "Mean IoU",
+    "acc@0.5": "Accuracy at IoU 0.5",
+}
+#: cxmind task type -> Hub task id of the model-index entry.
+MODEL_INDEX_TASKS = {
+    "closed": "visual-question-answering",
+    "open": "visual-question-answering",
+    "report": "image-to-text",
+    "grounding": "object-detection",
+}
+#: The model-index dataset type of a record set that has no Hub repo.
+LOCAL_RECORDS = "cxmind-records"
+
+
+def _metric_value(entry: Any) -> float | None:
+    value = entry.get("value") if isinstance(entry, Mapping) else entry
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return round(float(value), 4)
+
+
+def model_index_results(results: Mapping[str, Any], *, dataset_ids: Sequence[str] = ()) -> list[EvalResult]:
+    """The Hub ``model-index`` entries of a ``cxmind eval`` results.json: one per task and headline metric.
+
+    Only results in ``cxmind eval``'s shape (``metrics.by_task``) qualify, since only they say which
+    task, split and records were scored. Each task is one dataset *config* (the Hub groups entries by
+    task type, dataset, config and split); its metrics are those of :data:`MODEL_INDEX_METRICS` it has.
+    The dataset is the Hub repo among ``dataset_ids`` whose name is the evaluated folder's name (a
+    record set pushed with ``cxmind data push``), else :data:`LOCAL_RECORDS` with the folder's name.
+    """
+    from cxmind.data.schema import TASKS
+
+    results = scrub(dict(results))
+    metrics = results.get("metrics")
+    by_task = metrics.get("by_task") if isinstance(metrics, Mapping) else None
+    if not isinstance(by_task, Mapping):
+        return []
+    config = results.get("config") if isinstance(results.get("config"), Mapping) else {}
+    folder = re.split(r"[\\/]", str(config.get("data") or "").rstrip("/\\"))[-1] or "records"
+    repo = next((d for d in dataset_ids if d.rsplit("/", 1)[-1] == folder), None)
+    split = str(config["split"]) if config.get("split") else None
+    name = f"cxmind records {folder}" if repo is None else repo
+    if results.get("limited"):
+        name += f" ({results.get('n_records', '?')}-record subset, --limit)"
+    entries = []
+    for task, task_metrics in by_task.items():
+        if not isinstance(task_metrics, Mapping):
+            continue
+        for metric, metric_name in MODEL_INDEX_METRICS.items():
+            value = _metric_value(task_metrics.get(metric))
+            if value is None:
+                continue
+            entries.append(
+                EvalResult(
+                    task_type=MODEL_INDEX_TASKS.get(TASKS.get(str(task), ""), "image-text-to-text"),
+                    task_name=str(task),
+                    dataset_type=repo or LOCAL_RECORDS,
+                    dataset_name=name,
+                    dataset_config=str(task),
+                    dataset_split=split,
+                    metric_type=metric,
+                    metric_name=metric_name,
+                    metric_value=value,
+                )
+            )
+    return entries
+
+
+# ---- the card ---------------------------------------------------------------------------------
+
+#: The Markdown (Jinja) template of the card's text, shipped in the package.
+MODEL_CARD_TEMPLATE = Path(__file__).with_name("templates") / "model_card.md"
+REFERENCE_CODE_URL = "https://github.com/SII-zyj/CX-Mind-private"
 
 _PEFT_KEYS = (
     "peft_type",
@@ -383,89 +466,20 @@ _PEFT_KEYS = (
     "modules_to_save",
 )
 
-_CITATION = """\
-```bibtex
-@article{li2025cxmind,
-  title   = {{CX-Mind}: A Pioneering Multimodal Large Language Model for Interleaved Reasoning in
-             Chest X-ray via Curriculum-Guided Reinforcement Learning},
-  author  = {Li, Wenjie and Zhang, Yujie and Sun, Haoran and others},
-  journal = {arXiv preprint arXiv:2508.03733},
-  year    = {2025},
-  url     = {https://arxiv.org/abs/2508.03733}
-}
 
-@misc{vonwerra2020trl,
-  title        = {{TRL: Transformer Reinforcement Learning}},
-  author       = {Leandro von Werra and Younes Belkada and Lewis Tunstall and Edward Beeching and
-                  Tristan Thrush and Nathan Lambert and Shengyi Huang and Kashif Rasul and
-                  Quentin Gallou{\\'e}dec},
-  year         = {2020},
-  journal      = {GitHub repository},
-  publisher    = {GitHub},
-  howpublished = {\\url{https://github.com/huggingface/trl}}
-}
-```"""
-
-
-def _usage(base: str, repo: str, adapter: bool) -> list[str]:
-    if adapter:
-        load = [
-            f'base = AutoModelForImageTextToText.from_pretrained("{base}", dtype="auto", device_map="auto")',
-            f'model = PeftModel.from_pretrained(base, "{repo}")  # .merge_and_unload() to merge',
-            f'processor = AutoProcessor.from_pretrained("{base}")',
-        ]
-        imports = [
-            "from peft import PeftModel",
-            "from transformers import AutoModelForImageTextToText, AutoProcessor",
-        ]
-        install = "pip install transformers peft accelerate"
-    else:
-        load = [
-            f'model = AutoModelForImageTextToText.from_pretrained("{repo}", dtype="auto", device_map="auto")',
-            f'processor = AutoProcessor.from_pretrained("{repo}")',
-        ]
-        imports = ["from transformers import AutoModelForImageTextToText, AutoProcessor"]
-        install = "pip install transformers accelerate"
-    return [
-        "## How to use",
-        "",
-        f"`{install}`, then (Qwen2.5-VL bases can equally use `Qwen2_5_VLForConditionalGeneration`):",
-        "",
-        "```python",
-        *imports,
-        "",
-        *load,
-        "",
-        "messages = [{",
-        '    "role": "user",',
-        '    "content": [',
-        '        {"type": "image", "url": "chest_xray.png"},',
-        '        {"type": "text", "text": "Which finding is present? '
-        'A) Effusion B) Pneumothorax C) Cardiomegaly D) Nodule"},',
-        "    ],",
-        "}]",
-        "inputs = processor.apply_chat_template(",
-        '    messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"',
-        ").to(model.device)",
-        "output = model.generate(**inputs, max_new_tokens=1024)",
-        'print(processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))',
-        "```",
-        "",
-        "For answers in the trained format, append the format instructions the model was trained with: "
-        '`cxmind.format.instructions("closed", options)` or `cxmind.format.instructions("open")`, and '
-        "read the answer with `cxmind.format.parse`.",
-        "",
-    ]
-
-
-def _versions() -> list[str]:
-    lines = []
+def _versions() -> list[tuple[str, str]]:
+    found = []
     for package in ("cxmind", "trl", "transformers", "peft", "torch"):
         try:
-            lines.append(f"- {package}: {metadata.version(package)}")
+            found.append((package, metadata.version(package)))
         except metadata.PackageNotFoundError:
             continue
-    return lines
+    return found
+
+
+def _dataset_ids(values: Sequence[str]) -> list[str]:
+    """Hub dataset repo ids among ``values`` (local paths and descriptions dropped), first seen first."""
+    return list(dict.fromkeys(v for v in values if isinstance(v, str) and _hub_id(v)))
 
 
 def render_model_card(
@@ -477,20 +491,32 @@ def render_model_card(
     repo_id: str | None = None,
     license: str = "apache-2.0",
     peft_config: Mapping[str, Any] | None = None,
+    datasets: Sequence[str] = (),
 ) -> str:
     """The README.md of a trained stage: Hub metadata (YAML front matter) and the model card text.
 
+    The metadata is a :class:`~huggingface_hub.ModelCardData` (base model, library, pipeline tag,
+    tags, license, the Hub ``datasets`` the stages trained on, and a ``model-index`` built by
+    :func:`model_index_results` from ``cxmind eval`` results); the text is
+    :data:`MODEL_CARD_TEMPLATE` rendered by :meth:`~huggingface_hub.ModelCard.from_template`.
     ``eval_results`` may be ``cxmind eval``'s results.json, ``{"metrics": {task: {metric: value}}}``
-    or a flat ``{metric: value}``. Every user-supplied string is scrubbed of local paths and secrets,
-    and config keys that look like secrets (``hub_token``, ``api_key``, ...) are dropped.
+    or a flat ``{metric: value}``. ``datasets`` adds Hub dataset ids to the stages' ``dataset_ids``.
+    Every user-supplied string is scrubbed of local paths and secrets, and config keys that look like
+    secrets (``hub_token``, ``api_key``, ...) are dropped.
     """
     if not stages:
         raise ValueError("a model card needs at least one training stage")
+    if eval_results is not None and not isinstance(eval_results, Mapping):
+        raise TypeError(f"eval_results must be a mapping (results.json), got {type(eval_results).__name__}")
     base_display = scrub(base_model)
     base_hub = _hub_id(base_model)
     repo_display = scrub(repo_id) if repo_id else "your-username/your-model"
     kinds = {stage.kind for stage in stages}
     peft = _public_config(peft_config) if peft_config else {}
+    dataset_ids = _dataset_ids([*(d for s in stages for d in s.dataset_ids), *datasets])
+    title = repo_display.split("/")[-1] if repo_id else "CX-Mind-style chest X-ray reasoning model"
+    evaluation = scrub(dict(eval_results)) if eval_results else None
+    index = model_index_results(evaluation, dataset_ids=dataset_ids) if evaluation else []
 
     tags = ["cxmind", "chest-x-ray", "medical", "radiology", "vision-language", "reasoning", "trl"]
     tags += [kind for kind in STAGE_KINDS if kind in kinds]
@@ -499,99 +525,56 @@ def render_model_card(
         if str(peft.get("peft_type", "")).lower() == "lora":
             tags.append("lora")
     card_data = ModelCardData(
+        model_name=title if index else None,
         base_model=base_hub,
+        datasets=dataset_ids or None,
         library_name="peft" if adapter else "transformers",
         license=scrub(license),
         language="en",
         pipeline_tag="image-text-to-text",
         tags=tags,
+        eval_results=index or None,
     )
 
-    title = repo_display.split("/")[-1] if repo_id else "CX-Mind-style chest X-ray reasoning model"
     base_link = f"[`{base_hub}`](https://huggingface.co/{base_hub})" if base_hub else _code(base_display)
-    what = f"a PEFT adapter for {base_link}" if adapter else f"a fine-tuned version of {base_link}"
-    path = " → ".join(f"{_code(scrub(s.name))} ({s.kind.upper()})" for s in stages)
-    lines = [
-        f"# {_cell(title)}",
-        "",
-        f"This model is {what}, trained with cxmind on Hugging Face "
-        f"[TRL](https://github.com/huggingface/trl) to read chest X-rays the way "
-        f"[CX-Mind]({PAPER_URL}) does. "
-        "Instead of a one-shot answer it reasons in interleaved rounds, `<think>…</think>` followed by "
-        "`<answer>…</answer>`, judging each option of a closed-ended question (or each candidate finding "
-        "of an open-ended one) in turn before a final summary round. Supervised fine-tuning on gold "
-        "interleaved traces teaches the format; Group Relative Policy Optimization (GRPO) then trains in "
-        "a curriculum, closed-ended questions before open-ended diagnosis, with CuRL-VPR rewards: "
-        "verifiable format and outcome rewards plus process rewards on the reasoning that count only "
-        f"while accuracy is not falling. Training path: {path}.",
-        "",
-        "## Intended use and limitations",
-        "",
-        "> [!WARNING]",
-        "> **Not for clinical use.** This model is a research artifact. It is not a medical device, has not "
-        "been validated on real patients or in any clinical setting, and must not be used for diagnosis, "
-        "treatment, triage or any other decision about a patient. Its answers and its reasoning text may "
-        "be wrong, incomplete or biased, and may sound convincing when they are wrong.",
-        "",
-        "- **Intended use:** research on reasoning vision-language models for chest radiographs: "
-        "reproducing and ablating CX-Mind-style training, benchmarking, studying interleaved reasoning.",
-        "- **Out of scope:** any clinical or patient-facing use; images other than chest radiographs; "
-        "use without expert oversight.",
-        "- **Limitations:** trained on public research datasets whose labels are partly extracted from "
-        "reports by NLP and are noisy; these datasets under-represent many populations, devices and "
-        "institutions, so performance and biases elsewhere are unknown. The rewards check answers and "
-        "the consistency of per-option verdicts, not the clinical truth of the explanations.",
-        "",
-        "## Training",
-        "",
-        f"Base model: {base_link}. Stages, in order:",
-        "",
-    ]
-    rows = []
-    for i, stage in enumerate(stages, 1):
-        data = _Markdown("<br>".join(_cell(scrub(d)) for d in stage.datasets) or "–")
-        hyper = _hyperparameter_text(_public_config(stage.hyperparameters))
-        rows.append([i, _code(scrub(stage.name)), stage.kind.upper(), data, stage.num_examples, hyper])
-    lines += _table(["#", "stage", "kind", "data", "examples", "key hyperparameters"], rows)
-    lines.append("")
-
-    reward_stages = [s for s in stages if s.kind == "grpo" and s.rewards]
-    if reward_stages:
-        lines += [
-            "### Reward configuration (CuRL-VPR)",
-            "",
-            "Each GRPO completion gets four reward components: **format** (well-formed interleaved "
-            "rounds), **outcome** (the final answer is right), **think** (similarity of the reasoning to "
-            "the gold trace) and **process** (per-option verdicts agree with the gold answer), weighted "
-            "by TRL's `reward_weights`. `w_closed` / `w_open` scale the process reward of closed- and "
-            "open-ended questions; the accuracy **gate** withholds think and process rewards from a batch "
-            "whose mean outcome falls below its running average (`ema_alpha`) plus `margin`.",
-            "",
+    stage_rows = [
+        [
+            i,
+            _code(scrub(stage.name)),
+            stage.kind.upper(),
+            _Markdown("<br>".join(_cell(scrub(d)) for d in stage.datasets) or "–"),
+            stage.num_examples,
+            _hyperparameter_text(_public_config(stage.hyperparameters)),
         ]
-        for stage in reward_stages:
-            lines += [f"#### {_code(scrub(stage.name))}", ""]
-            lines += _table(["setting", "value"], _reward_rows(_public_config(stage.rewards)))
-            lines.append("")
-    if adapter and peft:
-        shown = {k: peft[k] for k in _PEFT_KEYS if k in peft and peft[k] is not None}
-        if shown:
-            lines += ["### Adapter", ""]
-            lines += _table(["setting", "value"], list(shown.items()))
-            lines.append("")
-
-    if eval_results is not None and not isinstance(eval_results, Mapping):
-        raise TypeError(f"eval_results must be a mapping (results.json), got {type(eval_results).__name__}")
-    if eval_results:
-        lines += _eval_section(eval_results)
-    lines += _usage(base_display, repo_display, adapter)
-    versions = _versions()
-    if versions:
-        lines += ["## Framework versions", "", *versions, ""]
-    lines += ["## Citation", "", "If you use this model, please cite CX-Mind and TRL:", "", _CITATION, ""]
-
-    body = "\n".join(lines)
-    content = f"---\n{card_data.to_yaml()}\n---\n\n{body}"
-    return str(ModelCard(_scrub_text(content)))  # parse round trip: the front matter must be valid YAML
+        for i, stage in enumerate(stages, 1)
+    ]
+    shown_peft = {k: peft[k] for k in _PEFT_KEYS if k in peft and peft[k] is not None} if adapter else {}
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(MODEL_CARD_TEMPLATE),
+        title=_cell(title),
+        paper_url=PAPER_URL,
+        reference_code_url=REFERENCE_CODE_URL,
+        training_path=" → ".join(f"{_code(scrub(s.name))} ({s.kind.upper()})" for s in stages),
+        base_link=base_link,
+        stage_table=_table(["#", "stage", "kind", "data", "examples", "key hyperparameters"], stage_rows),
+        reward_stages=[
+            {
+                "name": _code(scrub(s.name)),
+                "table": _table(["setting", "value"], _reward_rows(_public_config(s.rewards))),
+            }
+            for s in stages
+            if s.kind == "grpo" and s.rewards
+        ],
+        adapter_table=_table(["setting", "value"], list(shown_peft.items())) if shown_peft else "",
+        evaluation=_eval_context(evaluation) if evaluation else None,
+        adapter=adapter,
+        base_model_id=base_display,
+        repo=repo_display,
+        versions=_versions(),
+    )
+    text = re.sub(r"\n{3,}", "\n\n", str(card)).strip() + "\n"  # template blocks leave blank lines
+    return str(ModelCard(_scrub_text(text)))  # parse round trip: the front matter must be valid YAML
 
 
 def _load_json(path: Path) -> dict[str, Any] | None:
@@ -612,6 +595,7 @@ def write_model_card(
     repo_id: str | None = None,
     license: str = "apache-2.0",
     peft_config: Mapping[str, Any] | None = None,
+    datasets: Sequence[str] = (),
 ) -> Path:
     """Write ``folder/README.md`` (replacing the trainer's stub) and return its path.
 
@@ -634,6 +618,7 @@ def write_model_card(
         repo_id=repo_id,
         license=license,
         peft_config=peft_config,
+        datasets=datasets,
     )
     path = folder / "README.md"
     path.write_text(text, encoding="utf-8")
@@ -696,6 +681,7 @@ def push_stage(
     eval_results: Mapping[str, Any] | None = None,
     license: str = "apache-2.0",
     peft_config: Mapping[str, Any] | None = None,
+    datasets: Sequence[str] = (),
     private: bool = True,
     commit_message: str | None = None,
     revision: str | None = None,
@@ -720,6 +706,7 @@ def push_stage(
         repo_id=repo_id,
         license=license,
         peft_config=peft_config,
+        datasets=datasets,
     )
     what = "adapter" if adapter else "model"
     message = commit_message or f"cxmind {what} after {' → '.join(s.name for s in stages)}"

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import huggingface_hub
 import pytest
+import yaml
 from huggingface_hub import ModelCard
 from huggingface_hub.utils import filter_repo_objects
 
@@ -588,3 +589,127 @@ def test_write_model_card_reads_adapter_config_and_results(tmp_path: Path) -> No
     assert "| accuracy | 0.9 |" in text and "| overall |" not in text and "### Adapter" not in text
     with pytest.raises(FileNotFoundError):
         write_model_card(tmp_path / "missing", base_model=BASE, stages=_stages(), adapter=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hub metadata: model-index, datasets, and the template
+# ---------------------------------------------------------------------------------------------
+
+
+def test_model_index_holds_the_headline_metrics_per_task() -> None:
+    card = ModelCard(_card())
+    results = {(r.task_name, r.metric_type): r for r in card.data.eval_results}
+    assert set(results) == {
+        ("disease_binary", "accuracy"),
+        ("disease_open", "f1"),
+    }  # no overall, no per-source
+    binary, open_ = results["disease_binary", "accuracy"], results["disease_open", "f1"]
+    assert (binary.task_type, binary.metric_value, binary.metric_name) == (
+        "visual-question-answering",
+        0.8123,
+        "Accuracy",
+    )
+    assert (open_.task_type, open_.metric_value) == ("visual-question-answering", 0.5)
+    for result in (binary, open_):
+        assert result.dataset_type == hub.LOCAL_RECORDS and result.dataset_name == "cxmind records cxr"
+        assert result.dataset_split == "test" and result.dataset_config == result.task_name
+    assert card.data.model_name == "cxmind-3b"
+    # the Hub groups entries by (task type, dataset, config, split): one entry per task
+    [index] = card.data.to_dict()["model-index"]
+    assert index["name"] == "cxmind-3b"
+    assert [r["task"]["name"] for r in index["results"]] == ["disease_binary", "disease_open"]
+
+
+def test_front_matter_is_plain_yaml_and_round_trips() -> None:
+    text = _card()
+    front = yaml.safe_load(text.split("---\n")[1])
+    assert front["base_model"] == BASE and front["pipeline_tag"] == "image-text-to-text"
+    metrics = front["model-index"][0]["results"][0]["metrics"]
+    assert metrics == [{"type": "accuracy", "value": 0.8123, "name": "Accuracy"}]
+    card = ModelCard(text)
+    assert ModelCard(str(card)).data.to_dict() == card.data.to_dict() == front
+
+
+def test_model_index_covers_every_task_type_and_skips_missing_values() -> None:
+    results = {
+        "config": {"data": "data/cxset/", "split": "validation"},
+        "n_records": 7,
+        "limited": True,
+        "metrics": {
+            "by_task": {
+                "report_findings": {
+                    "bleu_4": {"value": 0.1, "ci": [0.0, 0.2], "n": 3},
+                    "rouge_l": 0.25,
+                    "bertscore_f1": {"value": None, "ci": None, "n": 3},  # not computed
+                    "ce_f1": {"value": float("nan"), "ci": None, "n": 3},
+                    "tokens": {"value": 80, "ci": None, "n": 3},  # not a headline metric
+                },
+                "grounding": {"iou": 0.4, "acc@0.5": {"value": 0.5, "ci": None, "n": 2}},
+                "some_new_task": {"accuracy": 1},
+            }
+        },
+    }
+    entries = hub.model_index_results(results, dataset_ids=["alice/cxset", "bob/other"])
+    assert [(e.task_name, e.task_type, e.metric_type, e.metric_value) for e in entries] == [
+        ("report_findings", "image-to-text", "bleu_4", 0.1),
+        ("report_findings", "image-to-text", "rouge_l", 0.25),
+        ("grounding", "object-detection", "iou", 0.4),
+        ("grounding", "object-detection", "acc@0.5", 0.5),
+        ("some_new_task", "image-text-to-text", "accuracy", 1.0),
+    ]
+    # the evaluated folder is a record set pushed as alice/cxset; a --limit run says so in the name
+    assert {(e.dataset_type, e.dataset_name, e.dataset_split) for e in entries} == {
+        ("alice/cxset", "alice/cxset (7-record subset, --limit)", "validation")
+    }
+
+
+def test_simple_result_shapes_give_no_model_index() -> None:
+    card = ModelCard(_card(eval_results={"metrics": {"closed": {"accuracy": 0.75}}}))
+    assert card.data.eval_results is None and "model-index" not in card.data.to_dict()
+    assert "| closed | 0.75 |" in card.text  # the table still shows them
+    assert ModelCard(_card(eval_results=None)).data.eval_results is None
+
+
+def test_datasets_metadata_lists_hub_datasets_only() -> None:
+    stages = _stages()
+    stages[0].dataset_ids = ["alice/cxset", "/home/alice/data/cxr", "../up/x"]
+    stages[1].dataset_ids = ["alice/cxset"]
+    card = ModelCard(_card(stages=stages, datasets=["bob/instructions", "~/local/set"]))
+    assert card.data.datasets == ["alice/cxset", "bob/instructions"]
+    assert ModelCard(_card()).data.datasets is None
+
+
+def test_card_text_comes_from_the_packaged_template(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every variable the template uses is passed (Jinja would render a missing one as empty text), and
+    the template ships in the wheel."""
+    import jinja2
+    import jinja2.meta
+
+    calls: list[dict[str, Any]] = []
+    original = ModelCard.from_template.__func__  # type: ignore[attr-defined]
+
+    def spy(cls: type[ModelCard], card_data: Any, **kwargs: Any) -> ModelCard:
+        calls.append({**card_data.to_dict(), **kwargs})
+        return original(cls, card_data, **kwargs)
+
+    monkeypatch.setattr(ModelCard, "from_template", classmethod(spy))
+    text = _card()
+    [passed] = calls
+    assert passed["template_path"] == str(hub.MODEL_CARD_TEMPLATE)
+    source = hub.MODEL_CARD_TEMPLATE.read_text(encoding="utf-8")
+    used = jinja2.meta.find_undeclared_variables(jinja2.Environment().parse(source))
+    assert used - {"card_data"} <= set(passed), used - set(passed)
+    before_bibtex = text.split("```bibtex")[0]  # BibTeX braces its titles: {{CX-Mind}}
+    assert "{{" not in before_bibtex and "{%" not in text and "{#" not in text
+    assert "\n\n\n" not in text
+    pyproject = (Path(hub.__file__).parents[1] / "pyproject.toml").read_text(encoding="utf-8")
+    package_data = re.search(r"^\[tool\.setuptools\.package-data\]\ncxmind = (\[.*\])$", pyproject, re.M)
+    assert package_data and '"templates/*.md"' in package_data.group(1)
+
+
+def test_card_links_are_absolute() -> None:
+    """The card is read on the Hub, where a relative link would point into the model repo."""
+    text = _card()
+    targets = re.findall(r"\]\(([^)\s]+)\)", text)
+    assert targets and all(t.startswith("https://") for t in targets), targets
+    assert "https://github.com/SII-zyj/CX-Mind-private" in targets  # reward mode "reference" is explained

@@ -80,7 +80,8 @@ def test_recipe_loads_with_the_paper_stages(path: Path) -> None:
     assert (closed.num_train_epochs, opened.num_train_epochs) == (1, 2)
     for name in ("learning_rate", "num_generations", "generation_batch_size", "beta", "use_vllm"):
         assert getattr(closed, name) == getattr(opened, name), name
-    assert closed.use_vllm and closed.vllm_mode == "colocate"
+    no_vllm = "no-vllm" in path.name  # the variant for hosts without vLLM generates in the trainer
+    assert closed.use_vllm is not no_vllm and (no_vllm or closed.vllm_mode == "colocate")
     assert closed.reward_mode == "fixed" and closed.gate
     assert closed.bf16 and closed.activation_checkpointing
 

@@ -1,5 +1,8 @@
 """``mode="reference"``: the public CX-Mind reward code's behaviour, defects included (docs/rewards.md §5).
 
+The public code is the CX-Mind authors' training repository, https://github.com/SII-zyj/CX-Mind-private
+(an EasyR1/verl fork); docs/rewards.md §5 lists what it computes and where fixed mode differs.
+
 Each function here returns what the reference implementation's regular expressions return, but
 computes it in one forward pass: the original patterns (lazy ``.*?`` under ``re.DOTALL`` and
 ``\\s*(<|>|/)\\s*``) backtrack quadratically on adversarial text, which a reward function fed by a
