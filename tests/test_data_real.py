@@ -58,3 +58,29 @@ def test_reports_come_from_iu_xray_and_mimic(real_records):
     dataset = load_records(out, decode_images=False)
     sources = {row["source"] for split in dataset for row in dataset[split] if row["task_type"] == "report"}
     assert sources == {"iu_xray", "mimic"}
+
+
+@pytest.fixture(scope="module")
+def real_roots(tmp_path_factory):
+    roots = link_torchxrayvision_tables(tmp_path_factory.mktemp("raw-limit"))
+    roots["mimic"] = FIXTURES / "mimic"
+    return roots
+
+
+@pytest.mark.parametrize("name", ["nih", "chexpert", "padchest", "vindr", "rsna", "siim", "mimic"])
+def test_a_limited_read_parses_a_prefix_and_gives_the_first_studies_of_a_full_read(real_roots, name):
+    """--limit: only the rows of the first N studies are parsed (a prefix of the table), and the
+    studies are exactly the first N of a full read — every image of each, the same label space."""
+    from itertools import islice
+
+    from cxmind.data.sources import get_source
+
+    n = 40
+    full = get_source(name, real_roots[name])
+    expected = list(islice(full.studies(), n))
+    limited = get_source(name, real_roots[name])
+    limited.limit = n
+    got = list(islice(limited.studies(), n))
+    assert got == expected
+    if name != "mimic":  # the fixture holds only a few studies
+        assert limited.truncated

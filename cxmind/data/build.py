@@ -215,10 +215,12 @@ def _read_studies(spec: SourceSpec, limit: int | None, progress: bool) -> tuple[
     from cxmind.data.sources import get_source
 
     source = get_source(spec.name, spec.root, **spec.options)
-    studies = source.studies()
-    if limit is not None:
-        studies = islice(studies, limit)
-    return source, list(tqdm(studies, desc=f"{spec.name}: studies", unit=" studies", disable=not progress))
+    source.limit = limit  # large tables: parse only the rows of the first `limit` studies
+    read = list(tqdm(islice(source.studies(), limit), desc=f"{spec.name}: studies", disable=not progress))
+    while limit is not None and len(read) < limit and getattr(source, "truncated", False):
+        source.limit *= 2  # the source skipped some of those studies: read further
+        read = list(islice(source.studies(), limit))
+    return source, read
 
 
 def _in_patient_order(studies: list[Study]) -> Iterator[tuple[Study, Study | None]]:

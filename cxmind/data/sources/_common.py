@@ -96,6 +96,10 @@ class BaseSource:
         self.skipped: Counter[str] = Counter()
         self.unmapped_labels: Counter[str] = Counter()
         self.rejects: list[tuple[str, str, str]] = []
+        #: Set by a build with ``--limit``: tables read with a ``study_key`` keep only the rows of
+        #: their first ``limit`` studies (see :meth:`read`); ``truncated`` says whether one was cut.
+        self.limit: int | None = None
+        self.truncated = False
 
     @property
     def hint(self) -> str:
@@ -150,24 +154,58 @@ class BaseSource:
         optional: Sequence[str] = (),
         *,
         text: Sequence[str] = (),
+        study_key: str | None = None,
+        key_of: Callable[[str], str] | None = None,
+        patient_key: str | None = None,
     ) -> pd.DataFrame:
         """The ``required`` (checked) and present ``optional`` columns of a table, names stripped.
 
-        ``text`` columns are read as strings so that identifiers keep their exact spelling.
+        ``text`` columns are read as strings so that identifiers keep their exact spelling. With
+        ``self.limit`` and a ``study_key`` column (mapped through ``key_of`` to the study it belongs
+        to), only the rows of the first ``limit`` studies in order of first appearance are parsed —
+        every row of each, wherever it lies in the file — so a trial build reads a prefix of a large
+        table and still sees exactly the studies a full read would give first. Where a study depends
+        on its patient's other studies (their order by date), ``patient_key`` keeps every row of
+        those patients too.
         """
         by_name = self.header(path, required)
         wanted = [by_name[c] for c in (*required, *optional) if c in by_name]
         dtype = {by_name[c]: str for c in text if c in by_name}
+        keep = None
+        if self.limit is not None and study_key is not None:
+            patient = by_name[patient_key] if patient_key is not None else None
+            keep = self._first_studies(path, by_name[study_key], key_of, patient)
+        nrows = None if keep is None else len(keep)
         if 2 * len(wanted) >= len(by_name):  # usecols costs more than it saves when most columns are used
-            frame = pd.read_csv(path, dtype=dtype)[wanted]
+            frame = pd.read_csv(path, dtype=dtype, nrows=nrows)[wanted]
         else:
-            frame = pd.read_csv(path, usecols=wanted, dtype=dtype)
+            frame = pd.read_csv(path, usecols=wanted, dtype=dtype, nrows=nrows)
         frame.columns = [c.strip() for c in wanted]
+        if keep is not None and not keep.all():
+            frame = frame[keep].reset_index(drop=True)
         return frame
+
+    def _first_studies(
+        self, path: Path, column: str, key_of: Callable[[str], str] | None, patient: str | None
+    ) -> np.ndarray | None:
+        """Row mask over the shortest prefix holding every row of the first ``limit`` studies (and of
+        their patients); None when the whole table is needed. Only the key columns are parsed."""
+        keys = pd.read_csv(path, usecols=[column, patient] if patient else [column], dtype=str)
+        studies = keys[column] if key_of is None else keys[column].map(key_of, na_action="ignore")
+        codes, _ = pd.factorize(studies)  # in order of first appearance; missing keys get -1
+        first = (codes >= 0) & (codes < self.limit)
+        if not first.any() or codes.max() < self.limit:
+            return None
+        if patient is not None:
+            first |= keys[patient].isin(set(keys[patient][first])).to_numpy()
+        end = int(np.flatnonzero(first)[-1]) + 1
+        self.truncated = True
+        return (first | (codes < 0))[:end]  # rows without a key stay: the source reports them
 
     # ----------------------------------------------------------------------------------- skips
 
     def reset(self) -> None:
+        self.truncated = False
         self.skipped.clear()
         self.unmapped_labels.clear()
         self.rejects.clear()

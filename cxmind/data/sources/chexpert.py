@@ -110,7 +110,7 @@ class CheXpert(BaseSource):
             yield from self._studies(path, split)
 
     def _studies(self, path: Path, split: str | None) -> Iterator[Study]:
-        table = self.read(path, COLUMNS)
+        table = self.read(path, COLUMNS, study_key="Path", key_of=_study_folder)
         prefix = f"{self.folder}/" if self.folder else ""
         with gc_paused():
             paths = table["Path"].tolist()
@@ -162,3 +162,8 @@ def _study_order(folder: str) -> int | None:
     """``study3`` -> 2."""
     number = folder.removeprefix("study")
     return int(number) - 1 if number.isdigit() else None
+
+
+def _study_folder(path: str) -> str:
+    """``.../patient00001/study1/view1_frontal.jpg`` -> ``.../patient00001/study1`` (a study's rows)."""
+    return path[: path.rfind("/")]

@@ -165,7 +165,13 @@ class MIMIC(BaseSource):
 
     def studies(self) -> Iterator[Study]:
         self.reset()
-        table = self.read(self.metadata_path, METADATA_COLUMNS, text=("dicom_id", "subject_id", "study_id"))
+        table = self.read(
+            self.metadata_path,
+            METADATA_COLUMNS,
+            text=("dicom_id", "subject_id", "study_id"),
+            study_key="study_id",
+            patient_key="subject_id",
+        )
         with gc_paused():
             views = per_row(table["ViewPosition"], view_name)
             order, starts, ends = grouped(table["study_id"], np.array([view_rank(v) for v in views]))

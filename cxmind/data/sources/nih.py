@@ -104,7 +104,7 @@ class NIH(BaseSource):
 
     def studies(self) -> Iterator[Study]:
         self.reset()
-        table = self.read(self.entries, ENTRY_COLUMNS, text=("Patient ID",))
+        table = self.read(self.entries, ENTRY_COLUMNS, text=("Patient ID",), study_key="Image Index")
         with gc_paused():
             codes, distinct = per_unique(table["Finding Labels"], self._labels)
             for (_, _, unmapped), count in zip(distinct, np.bincount(codes).tolist(), strict=False):

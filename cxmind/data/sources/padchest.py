@@ -230,10 +230,17 @@ class PadChest(BaseSource):
 
     def studies(self) -> Iterator[Study]:
         self.reset()
-        table = self.read(self.table_path, COLUMNS, text=("ImageID", "StudyID", "PatientID", "ImageDir"))
+        table = self.read(
+            self.table_path,
+            COLUMNS,
+            text=("ImageID", "StudyID", "PatientID", "ImageDir"),
+            study_key="StudyID",
+            patient_key="PatientID",
+        )
         with gc_paused():
             codes, distinct = per_unique(table["Labels"], self._parse)
-            space = self._space(distinct)
+            # a limited read sees part of the table: the label space is the whole table's
+            space = self.label_space if self.truncated else self._space(distinct)
             self._label_space = space
             memo: dict[frozenset[str], tuple[str, ...]] = {}
             resolved = [self._labels(p, space, memo) for p in distinct]

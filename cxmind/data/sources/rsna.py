@@ -95,7 +95,7 @@ class RSNA(BaseSource):
     def studies(self) -> Iterator[Study]:
         self.reset()
         nih_ids = self._nih_ids()
-        table = self.read(self.labels_path, COLUMNS, text=("patientId",))
+        table = self.read(self.labels_path, COLUMNS, text=("patientId",), study_key="patientId")
         with gc_paused():
             target = table["Target"].to_numpy(dtype=float, na_value=np.nan)
             bad = ~np.isin(target, (0.0, 1.0))

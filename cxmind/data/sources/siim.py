@@ -151,7 +151,7 @@ class SIIM(BaseSource):
 
     def studies(self) -> Iterator[Study]:
         self.reset()
-        table = self.read(self.table_path, COLUMNS, text=COLUMNS)
+        table = self.read(self.table_path, COLUMNS, text=COLUMNS, study_key="ImageId")
         index = self._image_index()
         with gc_paused():
             ids = table["ImageId"].to_numpy(dtype=object)

@@ -133,10 +133,13 @@ class VinDr(BaseSource):
 
     def studies(self) -> Iterator[Study]:
         self.reset()
-        table = self.read(self.table_path, COLUMNS, text=("image_id", "rad_id", "class_name"))
+        table = self.read(
+            self.table_path, COLUMNS, text=("image_id", "rad_id", "class_name"), study_key="image_id"
+        )
         with gc_paused():
             class_codes, classes = per_unique(table["class_name"], _class)
-            space = _space(classes)
+            # a limited read sees part of the table: the label space is the whole table's
+            space = self.label_space if self.truncated else _space(classes)
             self._label_space = space
             image_codes, images = pd.factorize(table["image_id"])
             reader_codes = pd.factorize(table["rad_id"])[0]
