@@ -5,13 +5,64 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from cxmind import __version__
+from cxmind.errors import MissingFileError, UserError
+
+#: Set to 1 for full tracebacks of user errors (as ``--debug``).
+DEBUG_ENV = "CXMIND_DEBUG"
 
 
-class UsageError(Exception):
-    """A mistake in the command line or its inputs: printed as one line, exit status 2."""
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help text with each option's default, where it has one worth showing and its help does not say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text.lower()
+            or default is None
+            or default is False
+            or default in (argparse.SUPPRESS, [])
+        ):
+            return text
+        return super()._get_help_string(action)
+
+
+def _add_debug(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,  # a subcommand's flag does not reset the global one
+        help=f"show the full traceback of user errors too (or set {DEBUG_ENV}=1)",
+    )
+
+
+def _finish(parser: argparse.ArgumentParser) -> None:
+    """Every (sub)parser shows defaults in its help and accepts --debug."""
+    parser.formatter_class = _HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                if "--debug" not in child._option_string_actions:
+                    _add_debug(child)
+                _finish(child)
+
+
+def _add_budget_arguments(parser: argparse.ArgumentParser, text: str) -> None:
+    """--min-pixels/--max-pixels; their defaults are :class:`~cxmind.data.images.ImageBudget`'s."""
+    from cxmind.data.images import ImageBudget
+
+    for bound in ("min", "max"):
+        default = getattr(ImageBudget, f"{bound}_pixels")
+        parser.add_argument(
+            f"--{bound}-pixels",
+            type=int,
+            default=None,
+            help=f"{text.format(bound + 'imum')} (default: {default})",
+        )
 
 
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
@@ -54,8 +105,7 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
         "image stays at chance; none: natural label prevalence",
     )
     b.add_argument("--split-fractions", default="0.8,0.1,0.1", help="train,validation,test patient fractions")
-    b.add_argument("--min-pixels", type=int, default=None, help="image budget: minimum pixels after resizing")
-    b.add_argument("--max-pixels", type=int, default=None, help="image budget: maximum pixels after resizing")
+    _add_budget_arguments(b, "image budget: {} pixels after resizing")
     b.add_argument(
         "--materialize-images",
         action="store_true",
@@ -84,8 +134,7 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     v.add_argument(
         "--max-completion-tokens", type=int, default=None, help="reject gold answers longer than this"
     )
-    v.add_argument("--min-pixels", type=int, default=None)
-    v.add_argument("--max-pixels", type=int, default=None)
+    _add_budget_arguments(v, "image budget, as in the build: {} pixels after resizing")
     v.add_argument(
         "--max-source-pixels",
         type=int,
@@ -99,7 +148,7 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
         help="read image headers only: fast, but truncated or damaged pixel data goes unnoticed",
     )
     depth.add_argument("--decode", action="store_true", help="decode every image fully (the default)")
-    v.add_argument("--no-progress", action="store_true")
+    v.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     add_audit_parser(data_sub)
 
@@ -126,19 +175,19 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument("--model", required=True, help="the served teacher model name")
     t.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
-    t.add_argument("--max-concurrency", type=int, default=8)
+    t.add_argument("--max-concurrency", type=int, default=8, help="requests in flight at once")
     t.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     t.add_argument(
         "--label-only", action="store_true", help="reason from labels only, even where reports exist"
     )
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = data_sub.add_parser(
         "phantom", help="write a phantom CXR dataset (procedural images, labels, reports)"
     )
     p.add_argument("out", type=Path, help="folder to write; then --source phantom=OUT")
-    p.add_argument("--patients", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patients", type=int, default=50, help="number of phantom patients")
+    p.add_argument("--seed", type=int, default=0, help="seed of the images, labels and reports")
     p.add_argument("--size", type=int, default=256, help="image side in pixels")
 
 
@@ -146,8 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cxmind",
         description="Train chest X-ray vision-language models with interleaved reasoning (CX-Mind) on TRL.",
+        epilog="A mistake in a command, file or setting ends with one line naming the fix (exit status 2); "
+        "anything else is a bug and shows its traceback.",
     )
     parser.add_argument("--version", action="version", version=f"cxmind {__version__}")
+    _add_debug(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     d = sub.add_parser(
         "demo",
@@ -163,10 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale", type=float, default=1.0, help="multiply the training steps (e.g. 0.1 for a smoke run)"
     )
     d.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N test records")
-    d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_data_commands(sub)
     _add_train_command(sub)
     _add_eval_commands(sub)
+    _finish(parser)
     return parser
 
 
@@ -183,8 +236,12 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
         "-m cxmind train RECIPE.",
         epilog="Every key under a stage's `args` is a field of trl.SFTConfig / trl.GRPOConfig or of cxmind's "
         "additions (cxmind.training.sft.CXMindSFTConfig, cxmind.training.grpo.CXMindGRPOConfig).",
+        allow_abbrev=False,  # an override such as --over 1 must not silently become --overwrite
     )
-    t.add_argument("recipe", type=Path, help="recipe YAML file (see recipes/)")
+    t.add_argument("recipe", type=Path, nargs="?", help="recipe YAML file (see recipes/)")
+    t.add_argument(
+        "--config", type=Path, default=None, metavar="RECIPE", help="the recipe, as TRL's scripts take it"
+    )
     t.add_argument(
         "--only", default=None, help="comma-separated stage names to run (earlier ones must be done)"
     )
@@ -209,17 +266,22 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--gpu-memory-gib", type=float, default=None, help="with --check: memory of one GPU")
 
 
-def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_generation_arguments(parser: argparse.ArgumentParser, *, batch: bool = True) -> None:
     parser.add_argument("--model", required=True, help="model folder or Hub id (Qwen2.5-VL family)")
     parser.add_argument("--adapter", default=None, help="PEFT adapter folder or Hub id")
     parser.add_argument("--backend", choices=("hf", "vllm"), default="hf", help="hf (CPU/GPU) or vllm (GPU)")
-    parser.add_argument("--max-new-tokens", type=int, default=1024)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=1024, help="longest answer, in tokens")
+    if batch:
+        parser.add_argument("--batch-size", type=int, default=8, help="prompts generated together (hf)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"))
-    parser.add_argument("--min-pixels", type=int, default=None, help="image budget, as in training")
-    parser.add_argument("--max-pixels", type=int, default=None, help="image budget, as in training")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "bfloat16", "float16", "float32"),
+        help="weights dtype (auto: the checkpoint's)",
+    )
+    _add_budget_arguments(parser, "image budget, as in training: {} pixels after resizing")
     parser.add_argument(
         "--max-model-len",
         type=int,
@@ -242,7 +304,7 @@ def _add_eval_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--out", required=True, type=Path, help="output folder (predictions.jsonl makes it resumable)"
     )
-    e.add_argument("--split", default="test")
+    e.add_argument("--split", default="test", help="the split to evaluate")
     e.add_argument("--tasks", default=None, help="comma-separated tasks (default: all in the split)")
     e.add_argument("--limit", type=int, default=None, help="evaluate only the first N records (recorded)")
     e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs")
@@ -252,19 +314,28 @@ def _add_eval_commands(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="delete earlier predictions and results in --out and start over",
     )
-    e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("predict", help="answer one question about one image and print the reasoning rounds")
-    _add_generation_arguments(p)
+    p = sub.add_parser(
+        "predict",
+        help="answer one question about one image and print the reasoning rounds",
+        description="Answer one question about one image and print the model's reasoning rounds.",
+    )
+    _add_generation_arguments(p, batch=False)  # one prompt: nothing to batch
     p.add_argument("--image", required=True, type=Path, help="a PNG/JPEG/DICOM file")
-    p.add_argument("--question", required=True)
+    p.add_argument("--question", required=True, help="the question, as a user would ask it")
     p.add_argument(
         "--task-type",
         choices=("closed", "open", "report"),
         default="open",
-        help="closed: pass --option for each option; open: finding list; report: free text",
+        help="closed: pass --option for each option (two or more); open: finding list; report: free text",
     )
-    p.add_argument("--option", action="append", default=None, help='an option, e.g. --option "A) Edema"')
+    p.add_argument(
+        "--option",
+        action="append",
+        default=None,
+        help='with --task-type closed: an option, e.g. --option "A) Edema"',
+    )
 
 
 def _budget(args: argparse.Namespace):
@@ -287,7 +358,7 @@ def _generation(args: argparse.Namespace):
 
     return GenerationConfig(
         max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
+        batch_size=getattr(args, "batch_size", 1),  # predict has no --batch-size: it generates once
         temperature=args.temperature,
         seed=args.seed,
         dtype=args.dtype,
@@ -297,7 +368,7 @@ def _generation(args: argparse.Namespace):
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from cxmind.eval.run import EvalConfig, StalePredictionsError, evaluate
+    from cxmind.eval.run import EvalConfig, evaluate
 
     tasks = _task_list(args.tasks) if args.tasks else None
     config = EvalConfig(
@@ -314,10 +385,7 @@ def _eval(args: argparse.Namespace) -> int:
         bertscore_model=args.bertscore_model,
         overwrite=args.overwrite,
     )
-    try:
-        results = evaluate(config, progress=not args.no_progress)
-    except StalePredictionsError as error:  # one line, exit status 2: the user decides what to keep
-        raise UsageError(str(error)) from error
+    results = evaluate(config, progress=not args.no_progress)  # StalePredictionsError is a UserError
     from cxmind.eval.html import markdown_table
 
     print(markdown_table(results))
@@ -325,17 +393,39 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_options(task_type: str, options: Sequence[str] | None) -> None:
+    if task_type == "closed" and len(options or ()) < 2:
+        got = f"got {len(options)}" if options else "got none"
+        raise UserError(
+            f'--task-type closed needs two or more --option (e.g. --option "A) Yes" --option "B) No"); {got}'
+        )
+    if task_type != "closed" and options:
+        raise UserError(
+            f"--option is for --task-type closed; drop it or pass --task-type closed (not {task_type})"
+        )
+
+
 def _predict(args: argparse.Namespace) -> int:
     from cxmind.data.images import read_image, smart_resize
-    from cxmind.eval.generate import load_backend, prompt_tokens
+    from cxmind.errors import require_model
+    from cxmind.eval.generate import load_backend, prompt_tokens, require_backend
     from cxmind.format import mark_of, parse
 
+    _check_options(args.task_type, args.option)
+    require_backend(args.backend)
     config = _generation(args)
+    if not args.image.is_file():
+        raise MissingFileError(
+            f"--image {args.image}: {'is a folder, not' if args.image.is_dir() else 'no such'} file"
+        )
+    require_model(args.model)
+    if args.adapter is not None:
+        require_model(args.adapter, flag="--adapter", markers=("adapter_config.json",))
     image = read_image(args.image)
     height, width = smart_resize(image.height, image.width, config.budget)
     image = image.resize((width, height))
     record = {"question": args.question, "task_type": args.task_type, "options": args.option, "images": ["x"]}
-    if args.task_type == "closed" and args.option:
+    if args.task_type == "closed":
         record["question"] = args.question + "\n" + "\n".join(args.option)
     from cxmind.data.prompts import prompt_messages
 
@@ -365,25 +455,27 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _data_build(args: argparse.Namespace) -> int:
     from cxmind.data.build import BuildConfig, build, parse_source_specs
+    from cxmind.data.sources import source_options
     from cxmind.data.tasks import TaskConfig
 
+    expected = f"--split-fractions {args.split_fractions!r}: expected three non-negative numbers summing to 1"
     try:
         fractions = tuple(float(x) for x in args.split_fractions.split(","))
     except ValueError as error:
-        raise UsageError(
-            f"--split-fractions {args.split_fractions!r}: expected three numbers like 0.8,0.1,0.1"
-        ) from error
-    if len(fractions) != 3:
-        raise UsageError(
-            f"--split-fractions {args.split_fractions!r}: expected three numbers like 0.8,0.1,0.1"
-        )
+        raise UserError(f"{expected}, like 0.8,0.1,0.1") from error
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-9:
+        raise UserError(f"{expected}, like 0.8,0.1,0.1")
     tasks = _task_list(args.tasks)
+    sources = parse_source_specs(args.source, args.source_option)
+    for spec in sources:
+        source_options(spec.name)  # an unknown source name fails now, before the build starts
+    task = TaskConfig(
+        tasks=tasks, choices=args.choices, budget=_budget(args), seed=args.seed, balance=args.balance
+    )
     config = BuildConfig(
-        sources=parse_source_specs(args.source, args.source_option),
+        sources=sources,
         out=args.out,
-        task=TaskConfig(
-            tasks=tasks, choices=args.choices, budget=_budget(args), seed=args.seed, balance=args.balance
-        ),
+        task=task,
         split_fractions=fractions,  # type: ignore[arg-type]
         limit=args.limit,
         materialize_images=args.materialize_images,
@@ -458,7 +550,59 @@ def _data_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe_path(args: argparse.Namespace) -> Path:
+    """The recipe: the positional RECIPE or --config RECIPE, exactly one of them."""
+    if args.recipe is not None and args.config is not None:
+        raise UserError(f"pass the recipe once: {args.recipe} or --config {args.config}, not both")
+    if args.recipe is None and args.config is None:
+        raise UserError("no recipe: run `cxmind train RECIPE` (or `--config RECIPE`); see recipes/")
+    return args.recipe if args.recipe is not None else args.config
+
+
+def _accelerate_flags() -> set[str]:
+    """Every option of ``accelerate launch`` (``--num_processes``, ``--config-file``, ...)."""
+    from accelerate.commands.launch import launch_command_parser
+
+    return {name for action in launch_command_parser()._actions for name in action.option_strings}
+
+
+def _check_override_names(overrides: Sequence[str], args: argparse.Namespace, recipe: Path) -> None:
+    """An ``accelerate launch`` option given to ``cxmind train`` gets the command it belongs to.
+
+    Overrides are recipe keys (``--output_dir``, ``--peft.r``); an option that is no recipe key but an
+    ``accelerate launch`` one (``--num_processes 2``) was meant for the launcher, so say how to launch.
+    An unknown key that is neither is refused by the recipe with its nearest keys.
+    """
+    from cxmind.training.recipe import recipe_keys
+
+    keys = set(recipe_keys())
+    flags: set[str] | None = None
+    for i, item in enumerate(overrides):
+        if not item.startswith("--"):
+            continue
+        name, _, inline = item.partition("=")
+        if name[2:].split(".")[0] in keys:
+            continue
+        flags = _accelerate_flags() if flags is None else flags
+        if name not in flags:
+            continue
+        value = inline or (overrides[i + 1] if i + 1 < len(overrides) else "")
+        words = name[2:].replace("-", "_")
+        if args.check and words in ("num_processes", "config_file"):
+            own = "--num-processes" if words == "num_processes" else "--accelerate-config"
+            fix = f"{own} {value}".rstrip()
+            raise UserError(
+                f"{name} is an `accelerate launch` flag; with --check, describe the launch with {fix}"
+            )
+        launch = f"accelerate launch {name} {value}".rstrip()
+        raise UserError(
+            f"{name} is an `accelerate launch` flag, not a recipe key: "
+            f"run `{launch} -m cxmind train {recipe}`"
+        )
+
+
 def _train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from cxmind.errors import require_model
     from cxmind.training.pipeline import run_pipeline
     from cxmind.training.preflight import (
         LaunchSettings,
@@ -470,16 +614,27 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     )
     from cxmind.training.recipe import load_recipe
 
+    path = _recipe_path(args)
+    _check_override_names(overrides, args, path)
+    if not args.check and args.num_processes is not None:  # it describes a launch; it launches nothing
+        raise UserError(
+            f"--num-processes only describes a launch for --check; to train on {args.num_processes} GPUs run "
+            f"`accelerate launch --num_processes {args.num_processes} -m cxmind train {path}`"
+        )
+    if not args.check and (args.accelerate_config is not None or args.gpu_memory_gib is not None):
+        flag = "--accelerate-config" if args.accelerate_config is not None else "--gpu-memory-gib"
+        raise UserError(f"{flag} only describes a launch for --check; add --check or drop it")
     if args.check:  # checked on a login node or laptop for the GPUs it will run on
         if args.accelerate_config is not None:
             launch = LaunchSettings.from_accelerate_config(args.accelerate_config, args.num_processes)
         else:
             launch = LaunchSettings(num_processes=args.num_processes or 1)
         with assume_training_gpu():
-            recipe = load_recipe(args.recipe, overrides, validate=False)  # validated at launch's size
+            recipe = load_recipe(path, overrides, validate=False)  # validated at launch's size
         findings = check_recipe(recipe, **vars(launch), gpu_memory_gib=args.gpu_memory_gib)
     else:
-        recipe = load_recipe(args.recipe, overrides)
+        recipe = load_recipe(path, overrides)
+        require_model(recipe.model, flag=f"{path}: model")  # before anything loads: cached/on the Hub
         findings = check_recipe(
             recipe, **vars(LaunchSettings.from_env()), gpu_memory_gib=local_gpu_memory_gib()
         )
@@ -491,7 +646,7 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.check:
         with assume_training_gpu():
             print(describe_recipe(recipe, **vars(launch), gpu_memory_gib=args.gpu_memory_gib))
-        print(f"cxmind train: {args.recipe}: no errors ({len(recipe.stages)} stages)")
+        print(f"cxmind train: {path}: no errors ({len(recipe.stages)} stages)")
         return 0
     results = run_pipeline(
         recipe,
@@ -506,42 +661,98 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _split_train_overrides(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
+    """``argv`` without the recipe overrides of ``cxmind train`` (``--key value``), and the overrides.
+
+    An option ``cxmind train`` does not define is an override, and takes the next word as its value
+    (unless written ``--key=value``), so argparse never mistakes a value for the RECIPE positional.
+    """
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    at = next((i for i, word in enumerate(argv) if not word.startswith("-")), None)
+    if at is None or argv[at] != "train":
+        return argv, []
+    known = commands["train"]._option_string_actions
+    kept, overrides = argv[: at + 1], []
+    i = at + 1
+    while i < len(argv):
+        word = argv[i]
+        name = word.partition("=")[0]
+        if word == "--":
+            kept += argv[i:]
+            break
+        if name in known:
+            takes_value = known[name].nargs != 0 and "=" not in word
+            kept += argv[i : i + 1 + takes_value]
+            i += 1 + takes_value
+        elif word.startswith("--"):
+            takes_value = "=" not in word and i + 1 < len(argv) and not argv[i + 1].startswith("--")
+            overrides += argv[i : i + 1 + takes_value]
+            i += 1 + takes_value
+        else:
+            kept.append(word)
+            i += 1
+    return kept, overrides
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    sub = getattr(args, "data_command", None) if args.command == "data" else None
+    return f"{args.command} {sub}" if sub else str(args.command)
+
+
+def _run(args: argparse.Namespace, overrides: list[str]) -> int:
+    if args.command == "demo":
+        from cxmind.demo import run_demo
+
+        run_demo(args.out, scale=args.scale, eval_limit=args.eval_limit, progress=not args.no_progress)
+        return 0
+    if args.command == "train":
+        return _train(args, overrides)
+    if args.command == "eval":
+        return _eval(args)
+    if args.command == "predict":
+        return _predict(args)
+    handler = {
+        "build": _data_build,
+        "validate": _data_validate,
+        "audit": _data_audit,
+        "push": _data_push,
+        "teach": _data_teach,
+        "phantom": _data_phantom,
+    }
+    return handler[args.data_command](args)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``cxmind`` command: the one place where errors become exit statuses.
+
+    A :class:`~cxmind.errors.UserError` (a mistake the user can fix) prints one line,
+    ``cxmind COMMAND: error: MESSAGE``, and returns 2; Ctrl-C prints ``cxmind COMMAND: interrupted`` and
+    returns 130. Every other exception is a bug and propagates with its traceback. ``--debug`` (or
+    ``CXMIND_DEBUG=1``) shows the traceback of user errors and interrupts too.
+    """
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, overrides = _split_train_overrides(argv, parser)
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "train":
+    if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 0
+    debug = args.debug or os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    name = _command_name(args)
     try:
-        if args.command == "demo":
-            from cxmind.demo import run_demo
-
-            run_demo(args.out, scale=args.scale, eval_limit=args.eval_limit, progress=not args.no_progress)
-            return 0
-        if args.command == "train":
-            return _train(args, extra)
-        if args.command == "eval":
-            return _eval(args)
-        if args.command == "predict":
-            return _predict(args)
-        if args.command == "data":
-            handler = {
-                "build": _data_build,
-                "validate": _data_validate,
-                "audit": _data_audit,
-                "push": _data_push,
-                "teach": _data_teach,
-                "phantom": _data_phantom,
-            }
-            return handler[args.data_command](args)
-    except (UsageError, ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"cxmind {args.command}: error: {message}", file=sys.stderr)
+        return _run(args, overrides)
+    except UserError as error:
+        if debug:
+            raise
+        print(f"cxmind {name}: error: {error}", file=sys.stderr)
         return 2
-    parser.error(f"unknown command {args.command}")
-    return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"cxmind {name}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

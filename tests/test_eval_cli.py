@@ -139,8 +139,9 @@ def test_predict_prints_rounds(tiny_qwen25_vl_path, tmp_path, capsys):
     assert "tokens)" in capsys.readouterr().out
 
 
-def test_eval_errors_are_clear(records_dir, tmp_path, capsys):
+def test_eval_errors_are_clear(records_dir, tiny_qwen25_vl_path, tmp_path, capsys):
+    model = str(tiny_qwen25_vl_path)  # a model that resolves: the model is checked before the records
     code = main(
-        ["eval", "--model", "m", "--data", str(records_dir), "--out", str(tmp_path), "--split", "nope"]
+        ["eval", "--model", model, "--data", str(records_dir), "--out", str(tmp_path), "--split", "nope"]
     )
     assert code == 2 and "no 'nope' split" in capsys.readouterr().err

@@ -486,6 +486,25 @@ def test_raise_for_errors_lists_every_error() -> None:
     raise_for_errors([Finding("warning", "b", "maybe b")])
 
 
+def test_one_error_is_one_line() -> None:
+    """The command prints a RecipeError as one line: a single error is not a one-item list."""
+    with pytest.raises(RecipeError) as info:
+        raise_for_errors(
+            [Finding("error", "model", "x is not a model folder"), Finding("warning", "b", "maybe")]
+        )
+    assert str(info.value) == "the recipe will fail at this launch: model: x is not a model folder"
+
+
+def test_missing_or_unreadable_accelerate_config(tmp_path: Path) -> None:
+    from cxmind.errors import MissingFileError, UserError
+
+    with pytest.raises(MissingFileError, match=r"accelerate config .*nope\.yaml not found"):
+        LaunchSettings.from_accelerate_config(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("x: [", encoding="utf-8")
+    with pytest.raises(UserError, match=r"bad\.yaml cannot be read"):
+        LaunchSettings.from_accelerate_config(tmp_path / "bad.yaml")
+
+
 def test_errors_come_first() -> None:
     recipe = make_recipe({"learning_rate": 1.0e-3, "generation_batch_size": 60})
     levels = [f.level for f in check_recipe(recipe, num_processes=2)]

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cxmind.data.schema import Box
+from cxmind.errors import UserError
 
 __all__ = [
     "DICOM_SUFFIXES",
@@ -89,8 +90,12 @@ _MAX_ASPECT = 200  # transformers' smart_resize refuses larger aspect ratios
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
-class ImageError(ValueError):
-    """An image that cannot be used; ``reason`` is one of ``IMAGE_ERROR_REASONS``, ``path`` the file."""
+class ImageError(UserError):
+    """An image that cannot be used; ``reason`` is one of ``IMAGE_ERROR_REASONS``, ``path`` the file.
+
+    A :class:`~cxmind.errors.UserError`: the message names the file and the fix (re-download, re-export,
+    or correct the data row), so a command stops on it with one line. Validation records it as a reject.
+    """
 
     def __init__(self, message: str, *, path: str | os.PathLike[str] | None, reason: str) -> None:
         if reason not in IMAGE_ERROR_REASONS:
@@ -191,14 +196,14 @@ class ImageBudget:
         for name in ("min_pixels", "max_pixels", "factor", "min_side", "max_source_pixels"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ImageBudget.{name} must be a positive integer, got {value!r}")
+                raise UserError(f"ImageBudget.{name} must be a positive integer, got {value!r}")
         if self.min_pixels > self.max_pixels:
-            raise ValueError(
+            raise UserError(
                 f"ImageBudget.min_pixels ({self.min_pixels}) exceeds max_pixels ({self.max_pixels}); "
                 "swap them or raise max_pixels"
             )
         if self.max_pixels < self.factor * self.factor:
-            raise ValueError(
+            raise UserError(
                 f"ImageBudget.max_pixels ({self.max_pixels}) is below one {self.factor}x{self.factor} "
                 f"block ({self.factor * self.factor} pixels); raise max_pixels"
             )

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cxmind.data.images import resolve_under
+from cxmind.errors import MissingFileError, UserError, hub_error
 
 __all__ = ["image_roots", "load_records", "push_records", "read_meta", "rejected_ids"]
 
@@ -18,10 +19,17 @@ def read_meta(out: str | Path) -> dict[str, Any]:
     """The build metadata of a record set (image roots, config, counts)."""
     path = Path(out) / META_FILE
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: {out} is not a cxmind record set (build one with `cxmind data build`)"
+        what = "does not exist" if not Path(out).exists() else f"has no {META_FILE}"
+        raise MissingFileError(
+            f"{out} {what}: not a cxmind record set (build one with `cxmind data build --out {out}`)"
         )
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise UserError(f"{path} is not valid JSON ({err}); rebuild the record set") from err
+    if not isinstance(meta, dict):
+        raise UserError(f"{path} is not a record set's metadata (a JSON object); rebuild the record set")
+    return meta
 
 
 def image_roots(out: str | Path) -> dict[str, Path]:
@@ -61,7 +69,7 @@ def load_records(
     read_meta(out)  # clear error when this is not a record set
     files = {p.name.split("-")[0] for p in (out / "data").glob("*.parquet")}
     if split is not None and split not in files:
-        raise ValueError(f"{out} has no {split!r} split; it has {sorted(files)}")
+        raise UserError(f"{out} has no {split!r} split; it has {sorted(files)}")
     wanted = [split] if split is not None else sorted(files)
     data_files = {s: str(out / "data" / f"{s}-*.parquet") for s in wanted}
     dataset = load_dataset("parquet", data_files=data_files)
@@ -105,7 +113,9 @@ def push_records(
     meta = read_meta(out)
     shards = sorted((out / "data").glob("*.parquet"))
     if not shards:
-        raise FileNotFoundError(f"{out}/data holds no parquet shard; build the record set first")
+        raise MissingFileError(f"{out}/data holds no parquet shard; build the record set first")
+    if not (out / "README.md").is_file():
+        raise MissingFileError(f"{out}/README.md (the dataset card) not found; rebuild the record set")
     public_meta = dict(meta)
     public_meta["image_roots"] = {
         name: root if not Path(root).is_absolute() else "<local>"
@@ -121,13 +131,19 @@ def push_records(
             for p in sorted((out / "images").rglob("*"))
             if p.is_file()
         ]
-    api = HfApi()
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    commit = api.create_commit(
-        repo_id,
-        operations,
-        commit_message=f"cxmind records ({meta['records']} records)",
-        repo_type="dataset",
-        revision=revision,
-    )
+    try:
+        api = HfApi()
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        commit = api.create_commit(
+            repo_id,
+            operations,
+            commit_message=f"cxmind records ({meta['records']} records)",
+            repo_type="dataset",
+            revision=revision,
+        )
+    except Exception as err:  # the Hub's refusals name their fix; anything else is a bug
+        problem = hub_error(err, f"push to {repo_id}")
+        if problem is None:
+            raise
+        raise UserError(f"cannot push {out} to {repo_id}: {problem}") from err
     return str(getattr(commit, "commit_url", commit))

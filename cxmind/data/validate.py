@@ -25,6 +25,7 @@ from typing import Any
 from cxmind.data.images import ImageBudget, ImageError, image_tokens, probe_size, read_image, resolve_under
 from cxmind.data.prompts import prompt_messages
 from cxmind.data.records import META_FILE, VALIDATE_REJECTS_FILE, image_roots, load_records
+from cxmind.errors import UserError, require_model
 
 __all__ = ["ValidationConfig", "ValidationReport", "prompt_tokens", "validate"]
 
@@ -41,7 +42,7 @@ class ValidationConfig:
 
     def __post_init__(self) -> None:
         if (self.max_prompt_tokens or self.max_completion_tokens) and not self.model:
-            raise ValueError("token budgets need --model: the tokenizer that will train on these records")
+            raise UserError("token budgets need --model: the tokenizer that will train on these records")
 
 
 @dataclass
@@ -128,6 +129,8 @@ def validate(
 
     config = config or ValidationConfig()
     out = Path(out)
+    if config.model:  # a mistyped or uncached --model fails before any record or image is read
+        require_model(config.model, markers=("tokenizer_config.json", "config.json"))
     dataset = load_records(out, decode_images=False, exclude_rejects=False)
     checker = _ImageChecker(image_roots(out), config)
     tokenizer = _load_tokenizer(config.model) if config.model else None

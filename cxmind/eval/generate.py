@@ -35,9 +35,11 @@ __all__ = [
     "prompt_tokens",
     "read_predictions",
     "record_fingerprint",
+    "require_backend",
 ]
 
 BACKENDS = ("hf", "vllm")
+_VLLM_MISSING = '--backend vllm needs vLLM: `pip install "cxmind[vllm]"` on a GPU host (or use --backend hf)'
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,9 @@ class VLLMBackend:
         try:
             from vllm import LLM, SamplingParams
         except ImportError as error:  # pragma: no cover - GPU hosts only
-            raise ImportError("the vllm backend needs `pip install 'cxmind[vllm]'` on a GPU host") from error
+            from cxmind.errors import MissingExtraError
+
+            raise MissingExtraError(_VLLM_MISSING) from error
         from transformers import AutoProcessor
 
         self.config = config or GenerationConfig()
@@ -235,12 +239,14 @@ def lora_rank(adapter: str) -> int:
         from huggingface_hub import hf_hub_download
 
         path = Path(hf_hub_download(adapter, "adapter_config.json"))
+    from cxmind.errors import MissingFileError, UserError
+
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {adapter} is not a PEFT adapter")
+        raise MissingFileError(f"{path} not found: {adapter} is not a PEFT adapter")
     config = json.loads(path.read_text(encoding="utf-8"))
     ranks = [int(config.get("r") or 0), *(int(r) for r in (config.get("rank_pattern") or {}).values())]
     if max(ranks) < 1:
-        raise ValueError(f"{path}: no LoRA rank (`r`) found")
+        raise UserError(f"{path}: no LoRA rank (`r`) found; is {adapter} a LoRA adapter?")
     return max(ranks)
 
 
@@ -279,6 +285,28 @@ def longest_prompt_tokens(
     return longest
 
 
+def require_backend(name: str) -> None:
+    """Raise a :class:`~cxmind.errors.UserError` before any output if backend ``name`` cannot run here."""
+    from cxmind.errors import MissingExtraError, UserError
+
+    if name not in BACKENDS:
+        raise UserError(f"--backend {name}: use one of {', '.join(BACKENDS)}")
+    if name == "vllm" and not _installed("vllm"):
+        raise MissingExtraError(_VLLM_MISSING)
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+    import sys
+
+    if module in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def load_backend(
     name: str,
     model: str,
@@ -296,7 +324,9 @@ def load_backend(
         return HFBackend(model, adapter, config)
     if name == "vllm":
         return VLLMBackend(model, adapter, config, max_prompt_tokens=max_prompt_tokens)
-    raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    from cxmind.errors import UserError
+
+    raise UserError(f"backend must be one of {BACKENDS}, got {name!r}")
 
 
 def read_predictions(path: Path) -> dict[str, dict[str, Any]]:

@@ -24,12 +24,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxmind.errors import UserError, require_model
 from cxmind.eval.generate import (
     GenerationConfig,
     generate_predictions,
     load_backend,
     read_predictions,
     record_fingerprint,
+    require_backend,
 )
 
 __all__ = [
@@ -68,7 +70,7 @@ _NOT_MODEL_FILES = frozenset({"trainer_state.json", "training_args.bin", MANIFES
 _ALWAYS_HASH_BYTES = 16 << 20
 
 
-class StalePredictionsError(ValueError):
+class StalePredictionsError(UserError):
     """Predictions in the output folder that this evaluation must not resume from.
 
     They were made with another model, adapter, generation settings or cxmind version, for records
@@ -317,14 +319,19 @@ def evaluate(config: EvalConfig, *, progress: bool = True) -> dict[str, Any]:
     """Evaluate ``config.model`` on ``config.data``; writes predictions, results.json/.md and report.html.
 
     Raises :class:`StalePredictionsError` before loading any model when ``config.out`` holds
-    predictions this run cannot resume from (see the module docstring).
+    predictions this run cannot resume from (see the module docstring). A split without records, or
+    a model or adapter that cannot be resolved (see :func:`cxmind.errors.require_model`), raises a
+    :class:`~cxmind.errors.UserError` before ``config.out`` is created.
     """
     from cxmind.data.records import image_roots, load_records
     from cxmind.eval.html import markdown_table, write_html
     from cxmind.eval.metrics import aggregate, per_record
 
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    require_backend(config.backend)  # the model and backend first: loading records prints progress
+    require_model(config.model)
+    if config.adapter is not None:
+        require_model(config.adapter, flag="--adapter", markers=("adapter_config.json",))
     rows = load_records(config.data, config.split, decode_images=False)
     if config.tasks:
         wanted = set(config.tasks)
@@ -333,9 +340,13 @@ def evaluate(config: EvalConfig, *, progress: bool = True) -> dict[str, Any]:
     if config.limit is not None:
         records = records[: config.limit]
     if not records:
-        raise ValueError(
-            f"no records to evaluate in {config.data} split {config.split!r} (tasks: {config.tasks})"
+        raise UserError(
+            f"no records to evaluate in {config.data} split {config.split!r} (tasks: {config.tasks}); "
+            "check --split and --tasks"
         )
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; pass a folder")
+    out.mkdir(parents=True, exist_ok=True)
     roots = image_roots(config.data)
     if config.overwrite:
         for name in _OUTPUTS:

@@ -192,9 +192,19 @@ class LaunchSettings:
     @classmethod
     def from_accelerate_config(cls, path: str | Path, num_processes: int | None = None) -> LaunchSettings:
         """Read an ``accelerate launch --config_file`` YAML/JSON (``num_processes`` overrides its value)."""
+        import yaml
         from accelerate.commands.config.config_args import load_config_from_file
 
-        config = load_config_from_file(str(path))
+        from cxmind.errors import MissingFileError, UserError
+
+        if not Path(path).is_file():
+            raise MissingFileError(
+                f"accelerate config {path} not found; fix the path (see recipes/accelerate/)"
+            )
+        try:
+            config = load_config_from_file(str(path))
+        except (yaml.YAMLError, json.JSONDecodeError, TypeError, KeyError) as err:
+            raise UserError(f"accelerate config {path} cannot be read ({type(err).__name__}: {err})") from err
         kind = str(getattr(config.distributed_type, "value", config.distributed_type))
         stage = None
         if kind == "DEEPSPEED":
@@ -245,8 +255,15 @@ def local_gpu_memory_gib() -> float | None:
 
 
 def _zero_stage_of(path: str) -> int | None:
-    with open(path, encoding="utf-8") as handle:
-        stage = json.load(handle).get("zero_optimization", {}).get("stage")
+    from cxmind.errors import MissingFileError, UserError
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            stage = json.load(handle).get("zero_optimization", {}).get("stage")
+    except FileNotFoundError as err:
+        raise MissingFileError(f"DeepSpeed config {path} not found; fix deepspeed_config_file") from err
+    except json.JSONDecodeError as err:
+        raise UserError(f"DeepSpeed config {path} is not valid JSON: {err}") from err
     return None if stage in (None, "auto") else int(stage)
 
 
@@ -409,6 +426,8 @@ def check_recipe(
 def raise_for_errors(findings: Sequence[Finding]) -> None:
     """Raise :class:`RecipeError` listing every error finding (warnings do not raise)."""
     errors = [f for f in findings if f.level == "error"]
+    if len(errors) == 1:  # one line, as the command prints it
+        raise RecipeError(f"the recipe will fail at this launch: {errors[0].key}: {errors[0].message}")
     if errors:
         listed = "\n".join(f"  - {f.key}: {f.message}" for f in errors)
         raise RecipeError(f"the recipe will fail at this launch ({len(errors)} error(s)):\n{listed}")
@@ -420,12 +439,14 @@ def format_findings(findings: Sequence[Finding]) -> str:
 
 
 def _launch(num_processes: int, deepspeed_stage: int | None, fsdp: bool) -> LaunchSettings:
+    from cxmind.errors import UserError
+
     if num_processes < 1:
-        raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+        raise UserError(f"num_processes must be >= 1, got {num_processes}")
     if deepspeed_stage not in (None, 0, 1, 2, 3):
-        raise ValueError(f"deepspeed_stage must be 0-3 or None, got {deepspeed_stage!r}")
+        raise UserError(f"deepspeed_stage must be 0-3 or None, got {deepspeed_stage!r}")
     if fsdp and deepspeed_stage:
-        raise ValueError("a launch uses DeepSpeed or FSDP, not both")
+        raise UserError("a launch uses DeepSpeed or FSDP, not both")
     return LaunchSettings(num_processes, deepspeed_stage, fsdp)
 
 
@@ -520,9 +541,9 @@ def _check_types(stage: StageSpec) -> list[Finding]:
 
 
 def _hub_offline() -> bool:
-    from huggingface_hub import constants
+    from cxmind.errors import hub_offline
 
-    return bool(constants.HF_HUB_OFFLINE)
+    return hub_offline()
 
 
 def _local_looking(path: str) -> bool:
@@ -539,20 +560,10 @@ def _local_looking(path: str) -> bool:
 
 
 def _check_model(recipe: Recipe) -> list[Finding]:
-    model, path, problem = recipe.model, Path(recipe.model).expanduser(), None
-    if path.is_dir():
-        problem = None if (path / "config.json").is_file() else "is a folder without config.json, not a model"
-    elif path.exists() or _local_looking(model):
-        problem = f"is not a model folder (from {Path.cwd()}); fix the path or use a Hub id"
-    elif _hub_offline():
-        from huggingface_hub import try_to_load_from_cache
+    from cxmind.errors import model_problem
 
-        if not isinstance(try_to_load_from_cache(model, "config.json"), str):
-            problem = (
-                "is neither a local folder nor in the Hub cache, and HF_HUB_OFFLINE is set; download it "
-                f"first (huggingface-cli download {model}) or unset HF_HUB_OFFLINE"
-            )
-    return [Finding("error", "model", f"{model} {problem}")] if problem else []
+    problem = model_problem(recipe.model, offline=_hub_offline())  # no Hub request: --check runs anywhere
+    return [Finding("error", "model", f"{recipe.model} {problem}")] if problem else []
 
 
 def _check_stage_paths(stage: StageSpec) -> list[Finding]:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
+from cxmind.errors import UserError
 from cxmind.training.data import DataSource
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "StageSpec",
     "apply_overrides",
     "load_recipe",
+    "nearest",
+    "recipe_keys",
 ]
 
 STAGE_TYPES = ("sft", "grpo")
@@ -52,20 +55,31 @@ def _yaml(text: str) -> Any:
 _RESERVED_ARGS = ("output_dir",)  # set per stage by the pipeline
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError):
     """A recipe problem a user can fix; the message names the key and the fix."""
+
+
+def nearest(key: Any, allowed: Sequence[str], n: int = 3) -> str:
+    """``"did you mean 'a', 'b' or 'c'?"``: up to ``n`` keys of ``allowed`` closest to ``key``.
+
+    The close matches (``difflib``'s cutoff) when there are any, else the ``n`` nearest at all: a typo
+    gets its key, never a dump of every allowed key.
+    """
+    close = difflib.get_close_matches(str(key), allowed, n=n) or difflib.get_close_matches(
+        str(key), allowed, n=n, cutoff=0.0
+    )
+    quoted = [repr(c) for c in close]
+    if not quoted:
+        return "nothing is allowed here"
+    listed = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+    return f"did you mean {listed}?"
 
 
 def _known(name: str, value: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
     unknown = [k for k in value if k not in allowed]
     if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise RecipeError(
-            f"{where}: unknown key(s) {', '.join(hints)} in {name}; allowed: {', '.join(allowed)}"
-        )
+        hints = ", ".join(f"{key!r} ({nearest(key, allowed)})" for key in unknown)
+        raise RecipeError(f"{where}: unknown key(s) {hints} in {name}")
 
 
 # -- value types: YAML and overrides arrive untyped ----------------------------------------------
@@ -267,6 +281,11 @@ class Recipe:
         values = dict(raw)
         top = {k: v for k, v in values.items() if k not in ("stages", "peft")}
         problems = [(name, p) for name, p in type_problems(top, cls)]
+        if not isinstance(raw["stages"] or [], list):
+            raise RecipeError(
+                f"{where}: stages must be a list of stages (`- name: sft`, `type`, `data`, `args`), "
+                f"got {type(raw['stages']).__name__}"
+            )
         values["stages"] = [_stage(s, i, where) for i, s in enumerate(raw["stages"] or [])]
         if values.get("peft") is not None:
             peft = values["peft"]
@@ -312,6 +331,11 @@ def _stage(raw: Any, index: int, where: str) -> StageSpec:
             raise RecipeError(f"{where}: stages[{index}] is missing {key!r}")
     if raw["type"] not in STAGE_TYPES:
         raise RecipeError(f"{where}: stages[{index}].type must be one of {STAGE_TYPES}, got {raw['type']!r}")
+    if not isinstance(raw.get("args") or {}, Mapping):
+        raise RecipeError(
+            f"{where}: stage {raw['name']!r}: args must be a mapping of trainer settings "
+            f"(e.g. args: {{learning_rate: 1.0e-6}}), got {raw['args']!r}"
+        )
     fields = {k: raw[k] for k in ("push_to_hub", "freeze_vision_tower", "mix") if k in raw}
     problems = list(type_problems(fields, StageSpec))
     if problems:
@@ -379,8 +403,27 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
             )
             _set(target, parts[2:], value)
         else:
+            _check_override_key(key, parts)
             _set(raw, parts, value)
     return raw
+
+
+def recipe_keys() -> list[str]:
+    """The top-level keys of a recipe."""
+    return [f.name for f in dataclasses.fields(Recipe) if f.name != "source"]
+
+
+def _check_override_key(key: str, parts: list[str]) -> None:
+    """An override of an unknown key names the nearest recipe keys (a recipe file would be refused too)."""
+    allowed = recipe_keys()
+    if parts[0] not in allowed:
+        raise RecipeError(f"override --{key}: unknown recipe key {parts[0]!r} ({nearest(parts[0], allowed)})")
+    if parts[0] == "peft" and len(parts) > 1:
+        fields = [f.name for f in dataclasses.fields(PeftSettings)]
+        if parts[1] not in fields:
+            raise RecipeError(
+                f"override --{key}: unknown key {parts[1]!r} in peft ({nearest(parts[1], fields)})"
+            )
 
 
 def _set(target: dict[str, Any], parts: list[str], value: Any) -> None:
@@ -401,11 +444,18 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, validate: bo
     """
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(f"recipe {path} not found")
+        raise RecipeError(
+            f"recipe {path} {'is a folder, not a YAML file' if path.is_dir() else 'not found'}"
+            f" (from {Path.cwd()}); see recipes/ for examples"
+        )
     try:
         raw = _yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise RecipeError(f"recipe {path} is not valid YAML: {err}") from err
+    if not isinstance(raw or {}, dict):
+        raise RecipeError(
+            f"recipe {path}: a recipe is a YAML mapping (model: ..., stages: ...), got {raw!r:.60}"
+        )
     raw = apply_overrides(dict(raw or {}), overrides)
     recipe = Recipe.from_dict(raw, source=str(path))
     if validate:
