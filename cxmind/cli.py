@@ -119,6 +119,12 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument(
         "--no-audit", action="store_true", help="do not audit the result into audit.json and the dataset card"
     )
+    b.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes (default: one per CPU, at most 8); the records are the same for any number",
+    )
     b.add_argument("--overwrite", action="store_true", help="replace an existing record set in --out")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -481,6 +487,7 @@ def _data_build(args: argparse.Namespace) -> int:
         materialize_images=args.materialize_images,
         dedupe_images=not args.no_dedupe_images,
         audit=not args.no_audit,
+        workers=args.workers,
         overwrite=args.overwrite,
     )
     summary = build(config, progress=not args.no_progress)

@@ -175,3 +175,14 @@ def test_fingerprint_follows_what_a_stage_learns_from(tiny_qwen25_vl_path, phant
     older = json.loads(json.dumps(base))
     del older["args"]["beta"]
     assert _changes(older, base) == []
+
+
+def test_the_model_card_lists_hub_datasets_but_not_local_paths(tmp_path):
+    from cxmind.training.data import DataSource
+    from cxmind.training.pipeline import _hub_dataset_id
+
+    local = tmp_path / "records"
+    local.mkdir()
+    assert _hub_dataset_id(DataSource("your-org/cxmind-records")) == "your-org/cxmind-records"
+    for path in (str(local), "./records", "/data/missing", "~/records"):
+        assert _hub_dataset_id(DataSource(path)) is None, path

@@ -380,6 +380,13 @@ def _data_identity(source: DataSource) -> dict[str, Any]:
     return {**selection, "content": content}
 
 
+def _hub_dataset_id(source: DataSource) -> str | None:
+    """The Hub dataset repo a data source names, or None for local data (the rule of _data_identity)."""
+    if Path(source.path).expanduser().exists() or source.path.startswith(("/", ".", "~")):
+        return None
+    return source.path
+
+
 def _flatten(value: Any, prefix: str) -> dict[str, Any]:
     if isinstance(value, dict) and value:
         return {k: v for key, item in value.items() for k, v in _flatten(item, f"{prefix}.{key}").items()}
@@ -660,6 +667,7 @@ def _card_info(stage: StageSpec, config: Any, result: StageResult) -> Any:
         name=stage.name,
         kind=stage.type,
         datasets=[_describe(s) for s in stage.data],
+        dataset_ids=[i for i in map(_hub_dataset_id, stage.data) if i is not None],
         num_examples=result.num_examples,
         hyperparameters=hyper,
         rewards=rewards,
