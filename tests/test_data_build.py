@@ -380,3 +380,14 @@ def test_the_record_set_is_readable_as_the_umask_allows(phantom_root, tmp_path):
         os.umask(previous)
     assert out.stat().st_mode & 0o777 == 0o755
     assert all(p.stat().st_mode & 0o044 == 0o044 for p in out.rglob("*"))
+
+
+def test_the_dataset_card_carries_hub_metadata_and_the_audit(records_dir):
+    from huggingface_hub import DatasetCard
+
+    card = DatasetCard((records_dir / "README.md").read_text())
+    data = card.data.to_dict()
+    assert data["task_categories"] == ["visual-question-answering", "image-to-text"]
+    assert data["size_categories"] == ["n<1K"] and "medical" in data["tags"]
+    assert "## Counts" in card.text and "Not for clinical use" in card.text
+    assert "{{" not in card.text and "audit" in card.text.lower()

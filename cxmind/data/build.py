@@ -559,41 +559,46 @@ def _append_audit(folder: Path, out: Path, progress: bool, workers: int | None) 
         card.write("\n" + audit_markdown(result) + "\n")
 
 
+DATASET_CARD_TEMPLATE = Path(__file__).parent.parent / "templates" / "dataset_card.md"
+
+
 def _dataset_card(meta: dict[str, Any], summary: BuildSummary) -> str:
-    sources = ", ".join(s["name"] for s in meta["sources"])
-    return f"""---
-license: other
-task_categories:
-- visual-question-answering
-- image-to-text
-tags:
-- medical
-- chest-x-ray
-- cxmind
----
-# cxmind chest X-ray records
+    """The record set's README.md: Hub metadata (``DatasetCardData``) and the build's description."""
+    from huggingface_hub import DatasetCard, DatasetCardData
 
-Instruction records built by [cxmind](https://arxiv.org/abs/2508.03733) {meta["cxmind_version"]}
-from: {sources}.
-Each record is one task (closed/open disease questions with gold interleaved reasoning trajectories,
-report generation, view position, image-text matching, progression, grounding); see the schema in
-`cxmind.data.schema`. Images are referenced by path and are **not** included: obtain each source
-dataset under its own license and data use agreement.
+    total = summary.total_records
+    size = next(
+        (name for limit, name in _SIZE_CATEGORIES if total < limit), "n>1T"
+    )  # the Hub's size_categories buckets
+    card_data = DatasetCardData(
+        license="other",
+        pretty_name="cxmind chest X-ray records",
+        task_categories=["visual-question-answering", "image-to-text"],
+        tags=["medical", "chest-x-ray", "cxmind"],
+        size_categories=[size],
+    )
+    card = DatasetCard.from_template(
+        card_data,
+        template_path=str(DATASET_CARD_TEMPLATE),
+        pretty_name=card_data.pretty_name,
+        cxmind_version=meta["cxmind_version"],
+        sources=", ".join(s["name"] for s in meta["sources"]),
+        counts=summary.table(),
+        seed=meta["seed"],
+        split_fractions=meta["split_fractions"],
+        tasks=", ".join(meta["tasks"]),
+        balance=meta["balance"],
+        duplicates=_duplicates_text(summary.duplicates),
+    )
+    return str(card).rstrip("\n") + "\n"
 
-## Counts
 
-```
-{summary.table()}
-```
-
-## Build
-
-seed {meta["seed"]}, split fractions {meta["split_fractions"]} (patient-level),
-tasks {", ".join(meta["tasks"])}, closed answers balanced: {meta["balance"]}.
-
-## Duplicates
-
-{_duplicates_text(summary.duplicates)}
-
-**Not for clinical use.** These records train research models; they are not medical advice.
-"""
+_SIZE_CATEGORIES = (
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+    (100_000_000, "10M<n<100M"),
+    (1_000_000_000, "100M<n<1B"),
+)
