@@ -75,12 +75,15 @@ def test_a_limited_read_parses_a_prefix_and_gives_the_first_studies_of_a_full_re
 
     from cxmind.data.sources import get_source
 
-    n = 40
+    n = 500  # PadChest skips a study among its first 500 (a label marked 'exclude')
     full = get_source(name, real_roots[name])
     expected = list(islice(full.studies(), n))
     limited = get_source(name, real_roots[name])
     limited.limit = n
-    got = list(islice(limited.studies(), n))
+    got = list(islice(limited.limited(), n))
+    while len(got) < len(expected):  # what the build does when the source skipped studies
+        limited.limit *= 2
+        got = list(islice(limited.limited(), n))
     assert got == expected
     if name != "mimic":  # the fixture holds only a few studies
         assert limited.truncated

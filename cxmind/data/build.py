@@ -216,10 +216,11 @@ def _read_studies(spec: SourceSpec, limit: int | None, progress: bool) -> tuple[
 
     source = get_source(spec.name, spec.root, **spec.options)
     source.limit = limit  # large tables: parse only the rows of the first `limit` studies
-    read = list(tqdm(islice(source.studies(), limit), desc=f"{spec.name}: studies", disable=not progress))
+    studies = source.limited if hasattr(source, "limited") else source.studies
+    read = list(tqdm(islice(studies(), limit), desc=f"{spec.name}: studies", disable=not progress))
     while limit is not None and len(read) < limit and getattr(source, "truncated", False):
         source.limit *= 2  # the source skipped some of those studies: read further
-        read = list(islice(source.studies(), limit))
+        read = list(islice(studies(), limit))
     return source, read
 
 

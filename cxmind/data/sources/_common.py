@@ -100,6 +100,9 @@ class BaseSource:
         #: their first ``limit`` studies (see :meth:`read`); ``truncated`` says whether one was cut.
         self.limit: int | None = None
         self.truncated = False
+        #: With a limit and a ``patient_key``: the study ids the limit allows (other studies of the
+        #: same patients are read only for their order and must not be yielded; see :meth:`limited`).
+        self.limited_studies: set[str] | None = None
 
     @property
     def hint(self) -> str:
@@ -197,6 +200,7 @@ class BaseSource:
         if not first.any() or codes.max() < self.limit:
             return None
         if patient is not None:
+            self.limited_studies = set(studies[first])
             first |= keys[patient].isin(set(keys[patient][first])).to_numpy()
         end = int(np.flatnonzero(first)[-1]) + 1
         self.truncated = True
@@ -204,8 +208,16 @@ class BaseSource:
 
     # ----------------------------------------------------------------------------------- skips
 
+    def limited(self) -> Iterator[Study]:
+        """``studies()`` as a build with ``limit`` reads them: exactly the first ``limit`` studies of
+        a full read, without the extra studies read for their patients' order."""
+        for study in self.studies():
+            if self.limited_studies is None or study.study_id in self.limited_studies:
+                yield study
+
     def reset(self) -> None:
         self.truncated = False
+        self.limited_studies = None
         self.skipped.clear()
         self.unmapped_labels.clear()
         self.rejects.clear()
