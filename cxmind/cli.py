@@ -186,6 +186,18 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--label-only", action="store_true", help="reason from labels only, even where reports exist"
     )
+    t.add_argument(
+        "--redo-rejects",
+        action="store_true",
+        help="ask again for records whose traces the filter rejected (teacher.traces.rejects.jsonl)",
+    )
+    t.add_argument(
+        "--max-consecutive-failures",
+        type=int,
+        default=5,
+        help="stop after this many requests in a row get no answer (unreachable server, bad key); "
+        "nothing is rejected and a rerun asks again",
+    )
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = data_sub.add_parser(
@@ -542,8 +554,15 @@ def _data_teach(args: argparse.Namespace) -> int:
         api_key_env=args.api_key_env,
         max_concurrency=args.max_concurrency,
         timeout_s=args.timeout,
+        max_consecutive_failures=args.max_consecutive_failures,
     )
-    stats = teach_record_set(args.records, config, label_only=args.label_only, progress=not args.no_progress)
+    stats = teach_record_set(
+        args.records,
+        config,
+        label_only=args.label_only,
+        redo_rejects=args.redo_rejects,
+        progress=not args.no_progress,
+    )
     print(stats)
     print(f"traces: {args.records / 'teacher.traces.jsonl'}")
     return 0

@@ -35,6 +35,11 @@ def test_demo_trains_all_stages_evaluates_and_resumes(tmp_path, monkeypatch):
     assert "| disease_binary" in done.stdout or "disease_binary" in done.stdout
     assert (out / "run" / "grpo_open" / "eval" / "report.html").is_file()
     assert "recipe:" in done.stdout and (out / "recipe.yaml").is_file()
+    # a quiet console: no checkpointing FutureWarnings, and one line per log instead of a metrics dict
+    assert "checkpointing" not in done.stderr, done.stderr[-3000:]
+    assert "{'" not in done.stdout
+    for stage in ("sft", "grpo_closed", "grpo_open"):
+        assert f"{stage} done step " in done.stdout
 
     # the written recipe is a real one: `cxmind train` finds every stage finished
     again = subprocess.run(

@@ -1,4 +1,4 @@
-"""The LLM teacher against a real local HTTP server: filter, retries, concurrency, secrets, resume."""
+"""The LLM teacher against a real local HTTP server: filter, retries, failures, concurrency, secrets."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -16,14 +17,17 @@ import pytest
 from cxmind.data.schema import Record
 from cxmind.data.teacher import (
     TeacherConfig,
+    TeacherUnavailableError,
     UrllibClient,
     accept,
     apply_traces,
     read_jsonl,
     rejects_path,
+    teach_record_set,
     teacher_messages,
     write_traces,
 )
+from cxmind.errors import UserError
 from cxmind.format import instructions, render_closed, render_open
 
 SECRET = "sk-test-0123456789abcdef"
@@ -344,33 +348,32 @@ def test_write_traces_filters_retries_and_reports_every_failure(teacher, tmp_pat
     assert lines[closed_record("limited").id]["attempts"] == 2
     assert lines[open_record("flaky").id]["attempts"] == 3
 
+    # Only the filter's verdicts on the teacher's text are rejects; failed requests are not written.
     rejects = {row["id"]: row for row in read_jsonl(rejects_path(out))}
     reasons = {row_id.split("/")[1]: row["reason"] for row_id, row in rejects.items()}
-    assert reasons == {
-        "bad": "process",
-        "malformed": "format",
-        "hang": "timeout",
-        "bad-request": "http_400",
-        "unauthorised": "http_401",
-    }
+    assert reasons == {"bad": "process", "malformed": "format"}
     assert rejects[closed_record("bad").id]["text"] == closed_trace(wrong=True)  # kept for inspection
-    assert rejects[closed_record("hang").id]["attempts"] == 3
-    assert rejects[closed_record("bad-request").id]["attempts"] == 1  # no retry on other 4xx
-    assert rejects[closed_record("unauthorised").id]["attempts"] == 1
 
     assert fake.count("report") == 0 and fake.count("hang") == 3 and fake.count("flaky") == 3
+    assert fake.count("bad-request") == 1 and fake.count("unauthorised") == 1  # no retry on other 4xx
     first, second = fake.times("limited")
     assert second - first >= 0.9  # Retry-After: 1 was honoured
     assert stats.requested == 9 and stats.accepted == 4 and stats.skipped_task_type == 1
-    assert stats.rejected == {"process": 1, "format": 1, "timeout": 1, "http_400": 1, "http_401": 1}
+    assert stats.rejected == {"process": 1, "format": 1}
+    assert stats.failed == {"timeout": 1, "http_400": 1, "http_401": 1}
     assert stats.elapsed_s < 10
+
+    # A second run asks again for the failed requests only (now answered), never for a verdict.
+    fake.script = {}
+    again = write_traces(records, reports_for(records), out, config, progress=False)
+    assert again.requested == 3 and again.accepted == 3 and again.skipped_existing == 6
+    assert fake.count("bad") == 1 and fake.count("unauthorised") == 2
 
     # The key reached the server in the header, and nowhere else.
     assert {auth for _, _, auth in fake.requests} == {f"Bearer {SECRET}"}
     assert all(SECRET not in json.dumps(body) for body in fake.bodies)
     for path in (out, rejects_path(out)):
         assert SECRET not in path.read_text(encoding="utf-8")
-    assert "***" in rejects[closed_record("unauthorised").id]["detail"]
     assert SECRET not in repr(config) and SECRET not in repr(stats)
 
     body = fake.bodies[0]
@@ -386,15 +389,89 @@ def test_no_key_sends_no_authorization(teacher, tmp_path, monkeypatch):
     assert stats.accepted == 1 and fake.requests[0][2] == ""
 
 
-def test_connection_errors_are_retried_then_recorded(tmp_path):
+def closed_port_url() -> str:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def test_connection_errors_are_retried_then_stop_the_run_without_a_reject(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXM_TEST_KEY", SECRET)
     out = tmp_path / "t.jsonl"
-    config = config_for(f"http://127.0.0.1:{port}/v1", max_retries=1)
-    stats = write_traces([closed_record("down")], None, out, config, progress=False)
-    assert stats.rejected == {"connection": 1} and stats.http_attempts == 2
-    assert [row["reason"] for row in read_jsonl(rejects_path(out))] == ["connection"]
+    base_url = closed_port_url()
+    config = config_for(base_url, max_retries=1)
+    with pytest.raises(TeacherUnavailableError) as info:
+        write_traces([closed_record("down")], None, out, config, progress=False)
+    assert isinstance(info.value, UserError)  # `cxmind data teach` prints it as one line, exit 2
+    stats = info.value.stats
+    assert stats.failed == {"connection": 1} and stats.rejected == {} and stats.http_attempts == 2
+    assert read_jsonl(rejects_path(out)) == [] and read_jsonl(out) == []
+    message = str(info.value)
+    assert base_url in message and "--base-url" in message and "connection" in message
+    assert SECRET not in message
+
+
+def test_credentials_in_the_base_url_stay_out_of_the_error(tmp_path):
+    url = closed_port_url().replace("http://", f"http://user:{SECRET}@") + f"?key={SECRET}"
+    with pytest.raises(TeacherUnavailableError) as info:
+        write_traces(
+            [closed_record("cred")],
+            None,
+            tmp_path / "t.jsonl",
+            config_for(url, max_retries=0),
+            progress=False,
+        )
+    assert SECRET not in str(info.value) and "http://127.0.0.1:" in str(info.value)
+
+
+def test_a_wrong_base_url_stops_after_a_run_of_failures_and_a_rerun_teaches_all(teacher, tmp_path):
+    fake, good_url = teacher
+    records = [closed_record(f"w{i}") for i in range(20)]
+    out = tmp_path / "t.jsonl"
+    fake.script = {"w0": [("ok", closed_trace(wrong=True))]}
+    write_traces(records[:2], reports_for(records), out, config_for(good_url), progress=False)
+    before = {path: path.read_bytes() for path in (out, rejects_path(out))}
+
+    wrong = config_for(closed_port_url(), max_concurrency=2, max_consecutive_failures=3, max_retries=0)
+    with pytest.raises(UserError, match=r"\d+ records in a row") as info:
+        write_traces(records, reports_for(records), out, wrong, progress=False)
+    assert info.value.stats.requested < 10  # stopped early, not after asking for every record
+    assert {path: path.read_bytes() for path in before} == before  # nothing rejected, nothing lost
+
+    stats = write_traces(records, reports_for(records), out, config_for(good_url), progress=False)
+    assert stats.requested == 18 and stats.accepted == 18 and stats.skipped_existing == 2
+    assert len(read_jsonl(out)) == 19 and [r["reason"] for r in read_jsonl(rejects_path(out))] == ["process"]
+
+
+def test_a_refused_key_stops_the_run_naming_the_variable_not_the_key(teacher, tmp_path, monkeypatch):
+    fake, base_url = teacher
+    monkeypatch.setenv("CXM_TEST_KEY", SECRET)
+    fake.default = ("echo_auth", 401)  # the server echoes the key in its message
+    records = [closed_record(f"u{i}") for i in range(8)]
+    out = tmp_path / "t.jsonl"
+    with pytest.raises(TeacherUnavailableError) as info:
+        write_traces(records, reports_for(records), out, config_for(base_url), progress=False)
+    message = str(info.value)
+    assert "http_401" in message and "$CXM_TEST_KEY" in message and "***" in message
+    assert SECRET not in message and SECRET not in repr(info.value.stats)
+    assert read_jsonl(rejects_path(out)) == []
+
+
+def test_reject_lines_of_failed_requests_from_older_versions_are_asked_again(teacher, tmp_path):
+    fake, base_url = teacher
+    records = [closed_record("old1"), closed_record("old2")]
+    out = tmp_path / "t.jsonl"
+    rejects_path(out).write_text(
+        json.dumps({"id": records[0].id, "reason": "connection", "attempts": 5})
+        + "\n"
+        + json.dumps({"id": records[1].id, "reason": "format", "attempts": 1})
+        + "\n",
+        encoding="utf-8",
+    )
+    stats = write_traces(records, reports_for(records), out, config_for(base_url), progress=False)
+    assert stats.requested == 1 and stats.accepted == 1 and fake.count("old2") == 0
+    assert [row["id"] for row in read_jsonl(rejects_path(out))] == [records[1].id]  # the stale line is gone
 
 
 def test_an_httpx_style_client_can_be_injected(teacher, tmp_path):
@@ -409,13 +486,13 @@ def test_an_httpx_style_client_can_be_injected(teacher, tmp_path):
     with requests.Session() as session:
         config = config_for(base_url, timeout_s=0.3, max_retries=1)
         stats = write_traces(records, reports_for(records), out, config, client=session, progress=False)
-    assert stats.accepted == 2 and stats.rejected == {"timeout": 1}
+    assert stats.accepted == 2 and stats.rejected == {} and stats.failed == {"timeout": 1}
     assert sorted(row["attempts"] for row in read_jsonl(out)) == [1, 2]
 
 
 def test_concurrency_never_exceeds_the_limit(teacher, tmp_path):
     fake, base_url = teacher
-    fake.delay_s = 0.1
+    fake.delay_s = 0.5  # long enough for three requests to overlap on a loaded machine
     records = [closed_record(f"c{i}") for i in range(12)]
     stats = write_traces(
         records,
@@ -474,8 +551,16 @@ def test_an_interrupted_run_resumes_without_redoing_or_losing_work(teacher, tmp_
 
     # A third run has nothing left to do; redo_rejects asks again for the rejected one only.
     assert write_traces(records, reports_for(records), out, config, progress=False).requested == 0
+    assert (
+        write_traces(
+            records, reports_for(records), out, config, progress=False, redo_rejects={"format"}
+        ).requested
+        == 0
+    )
     stats = write_traces(records, reports_for(records), out, config, progress=False, redo_rejects={"process"})
     assert stats.requested == 1 and fake.count("s1") == 2
+    # Rejected again: still one line (the latest), so the rejects file stays one line per record.
+    assert [row["id"] for row in read_jsonl(rejects_path(out))] == [records[1].id]
 
 
 def test_a_complete_last_line_without_newline_is_kept(teacher, tmp_path):
@@ -504,3 +589,57 @@ def test_apply_traces_replaces_solutions_that_still_pass(tmp_path):
     assert apply_traces(records, path, verify=False)[1].solution == closed_trace(gold="C")
     with pytest.raises(FileNotFoundError):
         apply_traces(records, tmp_path / "missing.jsonl")
+
+
+# ----------------------------------------------------------------------------- a record set
+
+
+def record_set(tmp_path, records: list[Record]):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "records"
+    (out / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([r.to_row() for r in records]), out / "data" / "train-00000.parquet")
+    return out
+
+
+def solutions(out) -> dict[str, str | None]:
+    import pyarrow.parquet as pq
+
+    rows = [
+        row for shard in sorted((out / "data").glob("*.parquet")) for row in pq.read_table(shard).to_pylist()
+    ]
+    return {row["id"]: row["solution"] for row in rows}
+
+
+def test_teach_record_set_survives_a_wrong_url_and_redoes_rejects_on_request(teacher, tmp_path):
+    fake, base_url = teacher
+    cases = [f"t{i}" for i in range(7)]
+    reports = [replace(report_record(c), id=f"nih/{c}/report_findings", source="nih") for c in cases]
+    records = [closed_record(c) for c in cases] + reports  # each study's report is the teacher's context
+    out = record_set(tmp_path, records)
+    traces, gold = out / "teacher.traces.jsonl", solutions(out)
+
+    # A wrong --base-url: a UserError after a run of failures, nothing written, the set untouched.
+    wrong = config_for(closed_port_url(), max_retries=0, max_concurrency=1)
+    with pytest.raises(UserError, match="--base-url"):
+        teach_record_set(out, wrong, progress=False)
+    assert read_jsonl(traces) == [] and read_jsonl(rejects_path(traces)) == []
+    assert solutions(out) == gold
+
+    # The right one teaches every record but t0, whose trace the filter rejects.
+    fake.script = {"t0": [("ok", closed_trace(wrong=True))]}
+    stats = teach_record_set(out, config_for(base_url), progress=False)
+    assert stats.accepted == 6 and stats.rejected == {"process": 1} and stats.failed == {}
+    taught = solutions(out)
+    assert [taught[closed_record(c).id] for c in cases[1:]] == [closed_trace()] * 6
+    assert taught[closed_record("t0").id] == gold[closed_record("t0").id]
+
+    # A rerun skips the reject; redo_rejects asks for it again and rewrites the rejects file.
+    assert teach_record_set(out, config_for(base_url), progress=False).requested == 0
+    fake.script = {}
+    stats = teach_record_set(out, config_for(base_url), redo_rejects=True, progress=False)
+    assert stats.requested == 1 and stats.accepted == 1 and fake.count("t0") == 2
+    assert read_jsonl(rejects_path(traces)) == []
+    assert solutions(out)[closed_record("t0").id] == closed_trace()

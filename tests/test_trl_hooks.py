@@ -61,6 +61,37 @@ def test_initial_training_values_end_with_max_steps():
     assert len(names) == 7 and names[1] == "num_update_steps_per_epoch" and names[-1] == "max_steps"
 
 
+def test_the_quieted_warnings_still_come_from_trl_and_peft_and_only_them():
+    """cxmind.training.console ignores three transformers FutureWarnings because TRL's GRPO generation
+    and PEFT call the deprecated checkpointing aliases. When both call the new names, remove
+    quiet_dependency_aliases (and this test)."""
+    import re
+
+    from peft import PeftModel
+    from transformers import PrinterCallback, ProgressCallback, TrainingArguments
+    from transformers.modeling_utils import PreTrainedModel
+    from trl.models.utils import disable_gradient_checkpointing
+
+    from cxmind.training.console import DEPENDENCY_ALIAS_WARNING
+
+    callers = inspect.getsource(disable_gradient_checkpointing) + inspect.getsource(PeftModel.__init__)
+    assert "is_gradient_checkpointing" in callers, "TRL and PEFT use the new names: remove the filter"
+    assert "disable_gradient_checkpointing(self.model" in inspect.getsource(GRPOTrainer)
+    for alias in (
+        "is_gradient_checkpointing",
+        "gradient_checkpointing_enable",
+        "gradient_checkpointing_disable",
+    ):
+        assert re.match(DEPENDENCY_ALIAS_WARNING, f"`{alias}` is deprecated and will be removed in v6.")
+        assert alias in inspect.getsource(PreTrainedModel)
+    config_warning = "`gradient_checkpointing` is deprecated and will be removed in v6."
+    assert not re.match(DEPENDENCY_ALIAS_WARNING, config_warning)  # a user's old config name still warns
+    # the console replaces these two by exact type; they still print the logs dict from on_log
+    for printer in (ProgressCallback, PrinterCallback):
+        assert "on_log" in printer.__dict__
+    assert "activation_checkpointing" in {f.name for f in dataclasses.fields(TrainingArguments)}
+
+
 def test_collator_fields_are_all_carried_over():
     """CXMindVisionCollator takes every init field of TRL's collator (max_length forced to None)."""
     trl_fields = {f.name for f in dataclasses.fields(DataCollatorForVisionLanguageModeling) if f.init}

@@ -13,11 +13,17 @@ Typical use::
     stats = write_traces(records, reports, Path("traces.jsonl"), config)
     records = apply_traces(records, Path("traces.jsonl"))
 
-Runs are resumable: accepted traces go to ``traces.jsonl`` and everything else (filter verdicts,
-HTTP errors, timeouts) to ``traces.rejects.jsonl``, one fsync'd line per record; a rerun skips the
-ids already in either file. The API key is read from the environment variable named in the config
-when a run starts and travels only in the ``Authorization`` header: it is never stored in a config,
-logged, or written to an output file (server messages that echo it are redacted).
+Runs are resumable: accepted traces go to ``traces.jsonl`` and the acceptance filter's verdicts
+on the teacher's text (:data:`FILTER_REASONS`) to ``traces.rejects.jsonl``, one fsync'd line per
+record; a rerun skips the ids already in either file (``redo_rejects`` asks again for the rejected
+ones). A request that gets no usable answer — connection refused, DNS, timeouts, 5xx or 429 after
+the retries, 401/403, any other HTTP error, a body that is not a chat completion — is *not* a
+verdict on the record: it is counted in ``TeacherStats.failed``, never written, and asked again by
+the next run. ``max_consecutive_failures`` failures in a row (or a run where every request failed)
+stop the run with :class:`TeacherUnavailableError` naming the base URL and the fix; what was done
+so far stays written. The API key is read from the environment variable named in the config when a
+run starts and travels only in the ``Authorization`` header: it is never stored in a config, logged,
+written to an output file or put in an error message (server messages that echo it are redacted).
 
 Reasoning teachers (Qwen3, DeepSeek-R1, ...) must not put their own ``<think>`` in the content:
 serve them with a reasoning parser, or pass e.g. ``extra_body={"chat_template_kwargs":
@@ -37,6 +43,7 @@ import re
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -45,6 +52,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cxmind.data.schema import Record
+from cxmind.errors import MissingFileError, UserError
 from cxmind.format import instructions, parse
 from cxmind.rewards.scoring import DEFAULT_W_CLOSED, DEFAULT_W_OPEN, score
 
@@ -52,6 +60,7 @@ __all__ = [
     "FILTER_REASONS",
     "TeacherConfig",
     "TeacherStats",
+    "TeacherUnavailableError",
     "UrllibClient",
     "accept",
     "apply_traces",
@@ -76,6 +85,8 @@ class TeacherConfig:
     """Where the teacher lives and how hard to try. Holds the key's variable *name*, never the key.
 
     ``extra_body`` is merged into every request (e.g. vLLM's ``chat_template_kwargs``).
+    ``max_consecutive_failures`` records in a row whose requests failed (after ``max_retries``)
+    stop the run (see module doc).
     """
 
     base_url: str
@@ -89,20 +100,23 @@ class TeacherConfig:
     temperature: float = 0.7
     max_tokens: int = 2048
     extra_body: Mapping[str, Any] = field(default_factory=dict)
+    max_consecutive_failures: int = 5
 
     def __post_init__(self) -> None:
         # Guard against the key itself being passed here, where repr() and logs would show it;
         # the message deliberately does not echo the value.
         if not _ENV_NAME.fullmatch(self.api_key_env):
-            raise ValueError("api_key_env must be the *name* of an environment variable, e.g. OPENAI_API_KEY")
+            raise UserError("api_key_env must be the *name* of an environment variable, e.g. OPENAI_API_KEY")
         if self.max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
+            raise UserError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
         if self.max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+            raise UserError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.max_consecutive_failures < 1:
+            raise UserError(f"max_consecutive_failures must be >= 1, got {self.max_consecutive_failures}")
         for name in ("timeout_s", "backoff_s", "max_backoff_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0) or (name == "timeout_s" and value == 0):
-                raise ValueError(f"{name} must be a finite non-negative number (timeout > 0), got {value!r}")
+                raise UserError(f"{name} must be a finite non-negative number (timeout > 0), got {value!r}")
 
     @property
     def url(self) -> str:
@@ -111,11 +125,17 @@ class TeacherConfig:
 
 @dataclass
 class TeacherStats:
-    """What one :func:`write_traces` run did. ``rejected`` counts reasons (filter, HTTP, timeout)."""
+    """What one :func:`write_traces` run did.
+
+    ``rejected`` counts the filter's verdicts (written to the rejects file); ``failed`` counts
+    requests without a usable answer by reason (``connection``, ``timeout``, ``http_503``, ...),
+    not written anywhere, so the next run asks again.
+    """
 
     requested: int = 0
     accepted: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)
     skipped_existing: int = 0
     skipped_task_type: int = 0
     missing_report: int = 0
@@ -482,13 +502,96 @@ class _Writer:
 
 
 def _done_ids(out_path: Path, redo_rejects: bool | Collection[str]) -> set[str]:
+    """Ids with an accepted trace or a filter verdict (unless ``redo_rejects`` covers its reason).
+
+    A reject line with another reason (``connection``, ``timeout``, ``http_*``: written by cxmind
+    versions that recorded failed requests as rejects) does not count: the record is asked again.
+    """
     done = {row["id"] for row in read_jsonl(out_path)}
     last_reason = {row["id"]: str(row.get("reason", "")) for row in read_jsonl(rejects_path(out_path))}
     for record_id, reason in last_reason.items():
+        if reason not in FILTER_REASONS:
+            continue
         redo = redo_rejects is True or (not isinstance(redo_rejects, bool) and reason in redo_rejects)
         if not redo:
             done.add(record_id)
     return done
+
+
+def _compact_rejects(out_path: Path) -> None:
+    """Rewrite the rejects file (atomically, only if it changes) to one line per still-rejected id:
+    its latest filter verdict, dropped once the id has an accepted trace (a redone reject) and
+    dropping failed-request lines of older versions."""
+    path = rejects_path(out_path)
+    rows = read_jsonl(path)
+    if not rows:
+        return
+    accepted = {row["id"] for row in read_jsonl(out_path)}
+    latest: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        latest.pop(row["id"], None)  # the latest line wins, in the order of the latest lines
+        latest[row["id"]] = row
+    kept = [
+        row
+        for row_id, row in latest.items()
+        if row_id not in accepted and str(row.get("reason", "")) in FILTER_REASONS
+    ]
+    if len(kept) == len(rows):
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.writelines(_dumps(row) + "\n" for row in kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class TeacherUnavailableError(UserError):
+    """The teacher gave no usable answer to many requests in a row: a wrong ``--base-url``, API key,
+    model or a server that is down. Nothing was rejected; ``stats`` is what the run did until then."""
+
+    def __init__(self, message: str, stats: TeacherStats) -> None:
+        super().__init__(message)
+        self.stats = stats
+
+
+def _public_url(url: str) -> str:
+    """``url`` without user info, query or fragment (where credentials may hide)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = host + (f":{port}" if port else "")
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _failure_hint(reason: str, config: TeacherConfig, has_key: bool) -> str:
+    """What to check for a failed request's ``reason``."""
+    flag = "check --base-url (the OpenAI-compatible root, e.g. http://localhost:8000/v1)"
+    key = f"${config.api_key_env}" + ("" if has_key else " (not set)")
+    if reason == "connection":
+        return f"nothing answered there: {flag} and that the server is running and reachable"
+    if reason == "timeout":
+        return (
+            f"no answer within {config.timeout_s:g} s: {flag}, that the server is up and not overloaded, "
+            "or raise --timeout"
+        )
+    if reason in ("http_401", "http_403"):
+        return f"the server refused the API key: put the right key in {key} (or pass --api-key-env)"
+    if reason == "http_404":
+        return f"{flag} and --model (the name the server serves)"
+    if reason == "bad_response":
+        return f"the answers are not chat completions: {flag}"
+    if reason in ("http_408", "http_429") or reason.startswith("http_5"):
+        return (
+            f"the server kept failing after {config.max_retries} retries: check its logs and load, "
+            "lower --max-concurrency, or retry later"
+        )
+    return f"the server refused the requests: check --model, the API key in {key} and the request limits"
 
 
 def write_traces(
@@ -513,12 +616,17 @@ def write_traces(
             everything else goes to :func:`rejects_path` with its ``reason``.
         labels: optional ``{record id: {finding: present}}`` shown to the teacher as context.
         client: an httpx-style client (default :class:`UrllibClient`).
-        redo_rejects: request again ids already rejected: ``True`` for all, or a collection of
-            reasons (e.g. ``{"timeout", "http_429"}``) matched against each id's latest reject.
+        redo_rejects: request again ids the filter rejected: ``True`` for all, or a collection of
+            :data:`FILTER_REASONS` (e.g. ``{"format"}``) matched against each id's latest reject.
+            The rejects file is then rewritten to the ids still rejected.
 
     Ids already in either file are skipped, so an interrupted run resumes where it stopped. Up to
     ``max_concurrency`` requests run at once; on an interrupt, requests in flight finish (without
     further retries) and are written before the exception propagates.
+
+    Raises:
+        TeacherUnavailableError: ``config.max_consecutive_failures`` records in a row, or every
+            record of the run, got no usable answer (see module doc); work done so far is kept.
     """
     start = time.monotonic()
     out_path = Path(out_path)
@@ -532,6 +640,7 @@ def write_traces(
 
     stats = TeacherStats()
     done = _done_ids(out_path, redo_rejects)
+    failures = _Failures()
     todo: list[tuple[Record, str | None]] = []
     missing: list[str] = []
     seen: set[str] = set()
@@ -565,6 +674,12 @@ def write_traces(
         if result.reason is None:  # interrupted before an answer: not written, redone next run
             return
         stats.requested += 1
+        if result.reason and result.reason not in FILTER_REASONS:  # no verdict: asked again next run
+            stats.failed[result.reason] = stats.failed.get(result.reason, 0) + 1
+            failures.add(result)
+            return
+        failures.answered += 1
+        failures.streak = 0
         if result.reason == "":
             stats.accepted += 1
             accepted.write(
@@ -602,6 +717,10 @@ def write_traces(
                         break
                     finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                     _drain(finished, record_result, bar)
+                    if failures.streak >= config.max_consecutive_failures:
+                        raise failures.error(config, stats, secret)
+                if failures.streak and not failures.answered:
+                    raise failures.error(config, stats, secret)
             except BaseException:
                 stop.set()
                 for future in pending:
@@ -612,9 +731,46 @@ def write_traces(
         bar.close()
         accepted.close()
         rejected.close()
+        _compact_rejects(out_path)
         stats.elapsed_s = time.monotonic() - start
         log.info("teacher traces: %s", stats)
+    if stats.failed:
+        log.warning(
+            "%d requests got no usable answer (%s) and were not written; a re-run asks again",
+            sum(stats.failed.values()),
+            ", ".join(f"{reason} {n}" for reason, n in sorted(stats.failed.items())),
+        )
     return stats
+
+
+@dataclass
+class _Failures:
+    """Failed requests of a run: the current streak, the last one, and whether anything answered."""
+
+    streak: int = 0
+    answered: int = 0
+    last: _Result | None = None
+
+    def add(self, result: _Result) -> None:
+        self.streak += 1
+        self.last = result
+
+    def error(self, config: TeacherConfig, stats: TeacherStats, secret: str) -> TeacherUnavailableError:
+        """The error stopping the run; the key is never in it (a server may echo it in ``detail``)."""
+        last = self.last
+        assert last is not None and last.reason
+        detail = last.detail
+        for form in {secret, _dumps(secret)[1:-1]} - {""}:
+            detail = detail.replace(form, "***")
+        detail = " ".join(detail.split())[:200]
+        return TeacherUnavailableError(
+            f"the teacher at {_public_url(config.base_url)} gave no usable answer to {self.streak} "
+            f"records in a row (last: {last.reason}{': ' + detail if detail else ''}); "
+            f"{_failure_hint(last.reason, config, bool(secret))}. Stopped without rejecting any record; "
+            f"everything written so far is kept (this run: {stats.accepted} traces, "
+            f"{sum(stats.rejected.values())} rejects) and re-running the same command resumes",
+            stats,
+        )
 
 
 def _drain(
@@ -660,7 +816,7 @@ def apply_traces(records: Sequence[Record], traces_path: Path | str, *, verify: 
     """
     path = Path(traces_path)
     if not path.exists():
-        raise FileNotFoundError(path)
+        raise MissingFileError(f"{path}: no teacher traces; run `cxmind data teach` first")
     traces = {row["id"]: row["solution"] for row in read_jsonl(path) if isinstance(row.get("solution"), str)}
     out, stale = [], 0
     for record in records:
@@ -683,6 +839,7 @@ def teach_record_set(
     config: TeacherConfig,
     *,
     label_only: bool = False,
+    redo_rejects: bool = False,
     client: Client | None = None,
     progress: bool = True,
 ) -> TeacherStats:
@@ -691,7 +848,10 @@ def teach_record_set(
     Reports are taken from the set's own ``report_findings``/``report_impression`` records of the
     same study (a record whose study has none is skipped and counted); with ``label_only`` or a set
     without reports, the teacher reasons from labels alone. Traces accumulate in
-    ``teacher.traces.jsonl`` (resumable); each shard is rewritten atomically with the accepted ones.
+    ``teacher.traces.jsonl`` (resumable) and filter rejects in ``teacher.traces.rejects.jsonl``;
+    ``redo_rejects`` asks again for every rejected record. Each shard is rewritten atomically with
+    the accepted traces — also when the run stops with :class:`TeacherUnavailableError` (a wrong
+    base URL or key), so the work done so far is in the set.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -699,7 +859,7 @@ def teach_record_set(
     out = Path(out)
     shards = sorted((out / "data").glob("*.parquet"))
     if not shards:
-        raise FileNotFoundError(f"{out}/data holds no parquet shard; build the record set first")
+        raise MissingFileError(f"{out}/data holds no parquet shard; build the record set first")
     rows = [row for shard in shards for row in pq.read_table(shard).to_pylist()]
     sections: dict[tuple[str, str], list[str]] = {}
     for row in rows:
@@ -713,12 +873,15 @@ def teach_record_set(
 
     reports = None if label_only or not sections else report_of
     traces = out / "teacher.traces.jsonl"
-    stats = write_traces(records, reports, traces, config, client=client, progress=progress)
-    if traces.exists():
-        for shard in shards:
-            table = pq.read_table(shard)
-            updated = apply_traces([Record(**row) for row in table.to_pylist()], traces)
-            tmp = shard.with_suffix(".parquet.tmp")
-            pq.write_table(pa.Table.from_pylist([r.to_row() for r in updated], schema=table.schema), tmp)
-            os.replace(tmp, shard)
-    return stats
+    try:
+        return write_traces(
+            records, reports, traces, config, client=client, progress=progress, redo_rejects=redo_rejects
+        )
+    finally:
+        if traces.exists():
+            for shard in shards:
+                table = pq.read_table(shard)
+                updated = apply_traces([Record(**row) for row in table.to_pylist()], traces)
+                tmp = shard.with_suffix(".parquet.tmp")
+                pq.write_table(pa.Table.from_pylist([r.to_row() for r in updated], schema=table.schema), tmp)
+                os.replace(tmp, shard)

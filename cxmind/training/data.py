@@ -21,6 +21,7 @@ from typing import Any
 from cxmind.data.images import ImageBudget, load_image
 from cxmind.data.prompts import prompt_messages
 from cxmind.data.records import META_FILE, image_roots, load_records
+from cxmind.errors import UserError
 
 __all__ = [
     "TRAINING_COLUMNS",
@@ -65,11 +66,9 @@ class DataSource:
 
     def __post_init__(self) -> None:
         if self.weight is not None and not (self.weight > 0 and math.isfinite(self.weight)):
-            raise ValueError(
-                f"data source {self.path}: weight must be a positive number, got {self.weight!r}"
-            )
+            raise UserError(f"data source {self.path}: weight must be a positive number, got {self.weight!r}")
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"data source {self.path}: limit must be >= 1, got {self.limit!r}")
+            raise UserError(f"data source {self.path}: limit must be >= 1, got {self.limit!r}")
 
     @classmethod
     def from_value(cls, value: str | Mapping[str, Any] | DataSource) -> DataSource:
@@ -80,7 +79,7 @@ class DataSource:
             return cls(path=value)
         unknown = set(value) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(
+            raise UserError(
                 f"data source {dict(value)!r}: unknown key(s) {sorted(unknown)}; "
                 f"allowed: {sorted(cls.__dataclass_fields__)}"
             )
@@ -120,10 +119,10 @@ def load_training_data(
     if kind not in ("sft", "grpo"):
         raise ValueError(f"kind must be 'sft' or 'grpo', got {kind!r}")
     if mix not in ("concatenate", "interleave"):
-        raise ValueError(f"mix must be 'concatenate' or 'interleave', got {mix!r}")
+        raise UserError(f"mix must be 'concatenate' or 'interleave', got {mix!r}")
     specs = [DataSource.from_value(s) for s in sources]
     if not specs:
-        raise ValueError("a training stage needs at least one data source (the stage's `data` list is empty)")
+        raise UserError("a training stage needs at least one data source (the stage's `data` list is empty)")
     roots = _Roots()
     tables = [_table(spec, i, roots, kind) for i, spec in enumerate(specs)]
     if len(tables) == 1:
@@ -136,7 +135,7 @@ def load_training_data(
         table = interleave_datasets(tables, probabilities=[w / total for w in weights], seed=seed)
     table = table.remove_columns("row_index").add_column("row_index", list(range(len(table))))
     if len(table) == 0:
-        raise ValueError(
+        raise UserError(
             "the stage's data sources hold no rows after filtering: "
             + "; ".join(
                 f"{s.path} (split {s.split}, task_types {s.task_types}, tasks {s.tasks})" for s in specs
@@ -183,7 +182,7 @@ def _record_table(spec: DataSource, position: int, roots: _Roots) -> Any:
 
     def reduce(row: dict[str, Any]) -> dict[str, Any]:
         if row["source"] not in keys:
-            raise ValueError(
+            raise UserError(
                 f"{spec.path}: record {row['id']} has source {row['source']!r} "
                 f"with no image root in {META_FILE}"
             )
@@ -212,17 +211,17 @@ def _plain_table(spec: DataSource, position: int, roots: _Roots) -> Any:
         suffix = path.suffix.lower()
         builder = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(suffix)
         if builder is None:
-            raise ValueError(
+            raise UserError(
                 f"data source {spec.path}: unsupported file type {suffix!r}; use .json, .jsonl or .parquet"
             )
         data = load_dataset(builder, data_files={spec.split: str(path)}, split=spec.split)
     elif path.is_dir() and not (path / META_FILE).is_file() and not any(path.iterdir()):
-        raise ValueError(f"data source {spec.path} is an empty folder")
+        raise UserError(f"data source {spec.path} is an empty folder")
     else:
         data = load_dataset(spec.path, split=spec.split)
     columns = set(data.column_names)
     if not ("messages" in columns or {"prompt", "completion"} <= columns):
-        raise ValueError(
+        raise UserError(
             f"data source {spec.path}: needs a 'messages' column or 'prompt' and 'completion' columns "
             f"(has {sorted(columns)}), or point it at a cxmind record set folder"
         )
@@ -233,7 +232,7 @@ def _plain_table(spec: DataSource, position: int, roots: _Roots) -> Any:
         prompt, completion = _split_conversation(row, where)
         images = list(row.get("images") or [])
         if images and not root_key:
-            raise ValueError(
+            raise UserError(
                 f"{where} has images but the data source declares no image_root; add `image_root:`"
             )
         return {
@@ -261,7 +260,7 @@ def _split_conversation(
         messages = list(row["messages"])
         last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
         if last is None or last == 0:
-            raise ValueError(f"{where}: 'messages' needs a user turn followed by an assistant turn")
+            raise UserError(f"{where}: 'messages' needs a user turn followed by an assistant turn")
         return messages[:last], messages[last : last + 1]
     prompt, completion = row["prompt"], row["completion"]
     if isinstance(prompt, str):
@@ -269,7 +268,7 @@ def _split_conversation(
     if isinstance(completion, str):
         completion = [{"role": "assistant", "content": completion}]
     if not prompt or not completion:
-        raise ValueError(f"{where}: empty prompt or completion")
+        raise UserError(f"{where}: empty prompt or completion")
     return list(prompt), list(completion)
 
 

@@ -15,6 +15,10 @@ loudly if TRL changes their signatures):
 Gate and sampler state go into ``cxmind_state.json`` in every checkpoint (the pattern TRL uses
 for its adaptive entropy state), written before the parent saves (and pushes) the checkpoint, and
 are restored on resume. Each ``evaluate()`` starts from a fresh eval gate.
+
+The console shows one line per log step — reward, outcome, gate, loss, lr, time
+(:mod:`cxmind.training.console`); the full metrics go to the ``report_to`` backends and
+``trainer.state.log_history``.
 """
 
 from __future__ import annotations
@@ -30,12 +34,19 @@ import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer
 
+from cxmind.errors import MissingFileError
 from cxmind.rewards import ConditionalGate, CuRLReward, curl_vpr_reward_funcs
 from cxmind.rewards.functions import DEFAULT_REWARD_WEIGHTS
 from cxmind.rewards.gate import DEFAULT_EMA_ALPHA, DEFAULT_MARGIN
 from cxmind.rewards.scoring import DEFAULT_W_CLOSED, DEFAULT_W_OPEN, MODES
 from cxmind.rewards.similarity import DEFAULT_ALPHA
 from cxmind.training.checkpoint import ConvertedCheckpointMixin
+from cxmind.training.console import (
+    GRPO_FIELDS,
+    ActivationCheckpointingArgs,
+    quiet_dependency_aliases,
+    use_compact_console,
+)
 from cxmind.training.curriculum import CurriculumSampler, lookahead_lag
 from cxmind.training.data import plain_column
 
@@ -46,12 +57,13 @@ _GATED = ("think", "process")
 
 
 @dataclass
-class CXMindGRPOConfig(GRPOConfig):
+class CXMindGRPOConfig(ActivationCheckpointingArgs, GRPOConfig):
     """``trl.GRPOConfig`` plus the CuRL-VPR reward, gate and curriculum knobs (all TRL options remain).
 
     When ``reward_funcs`` are not passed to the trainer, the four CuRL-VPR components are built from
     ``reward_mode``/``w_closed``/``w_open``/``think_alpha`` and ``reward_weights`` defaults to
-    (format 0.1, outcome 0.9, think 1, process 1).
+    (format 0.1, outcome 0.9, think 1, process 1). Activation checkpointing is on by default, set
+    under its transformers 5 name (:class:`~cxmind.training.console.ActivationCheckpointingArgs`).
     """
 
     reward_mode: str = field(default="fixed", metadata={"help": "CuRL-VPR parsing: 'fixed' or 'reference'."})
@@ -190,7 +202,9 @@ class CXMindGRPOTrainer(ConvertedCheckpointMixin, GRPOTrainer):
             )
             if args.reward_weights is None:
                 args.reward_weights = list(DEFAULT_REWARD_WEIGHTS)
+        quiet_dependency_aliases()
         super().__init__(model, reward_funcs, args, *pos, **kwargs)
+        use_compact_console(self, GRPO_FIELDS)
         self._check_map_style(self.train_dataset)
         self._gate_columns = self._find_gate_columns() if getattr(args, "gate", False) else None
         self.gates = {mode: self._new_gate() for mode in ("train", "eval")}
@@ -339,7 +353,7 @@ class CXMindGRPOTrainer(ConvertedCheckpointMixin, GRPOTrainer):
             return
         path = os.path.join(checkpoint, STATE_FILE)
         if not os.path.isfile(path):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{path} is missing: {checkpoint} was not written by CXMindGRPOTrainer, so the gate and "
                 "curriculum cannot resume; start a new run or resume from a cxmind checkpoint"
             )

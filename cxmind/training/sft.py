@@ -9,6 +9,9 @@ collates without truncation and raises, naming the records, when a sample exceed
 Loss masking is TRL's: for prompt/completion data (what :mod:`cxmind.training.data` produces)
 ``completion_only_loss`` masks the prompt and its image tokens with -100, and the completion's
 end-of-turn token (``<|im_end|>``) is learned, so the model learns to stop.
+
+The console shows one line per log step (:mod:`cxmind.training.console`); the full metrics go to
+the ``report_to`` backends and ``trainer.state.log_history``.
 """
 
 from __future__ import annotations
@@ -19,12 +22,19 @@ from typing import Any
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
+from cxmind.errors import UserError
 from cxmind.training.checkpoint import ConvertedCheckpointMixin
+from cxmind.training.console import (
+    SFT_FIELDS,
+    ActivationCheckpointingArgs,
+    quiet_dependency_aliases,
+    use_compact_console,
+)
 
 __all__ = ["CXMindSFTConfig", "CXMindSFTTrainer", "CXMindVisionCollator", "SequenceTooLongError"]
 
 
-class SequenceTooLongError(ValueError):
+class SequenceTooLongError(UserError):
     """A training sample longer than ``max_length``: truncating it would cut image tokens or the answer."""
 
 
@@ -57,11 +67,13 @@ class CXMindVisionCollator(DataCollatorForVisionLanguageModeling):
 
 
 @dataclass
-class CXMindSFTConfig(SFTConfig):
+class CXMindSFTConfig(ActivationCheckpointingArgs, SFTConfig):
     """``trl.SFTConfig`` with defaults for cxmind data (every TRL option stays available).
 
     ``max_length`` is a *limit*, not a truncation point: a longer sample raises (see module doc).
     ``remove_unused_columns`` is off because rows carry their record ``id`` for error messages.
+    Activation checkpointing is on by default, set under its transformers 5 name
+    (:class:`~cxmind.training.console.ActivationCheckpointingArgs`).
     """
 
     max_length: int | None = 4096
@@ -69,10 +81,13 @@ class CXMindSFTConfig(SFTConfig):
 
 
 class CXMindSFTTrainer(ConvertedCheckpointMixin, SFTTrainer):
-    """``trl.SFTTrainer`` whose vision collator raises instead of truncating (see module doc)."""
+    """``trl.SFTTrainer`` whose vision collator raises instead of truncating, with a compact console
+    (see module doc)."""
 
     def __init__(self, *args: Any, data_collator: Any = None, **kwargs: Any) -> None:
+        quiet_dependency_aliases()
         super().__init__(*args, data_collator=data_collator, **kwargs)
+        use_compact_console(self, SFT_FIELDS)
         if data_collator is None and isinstance(self.data_collator, DataCollatorForVisionLanguageModeling):
             # every field of TRL's collator carries over (also ones a later TRL adds), except truncation
             parent = self.data_collator
