@@ -7,6 +7,11 @@ every machine and the real 3B model is far too big for CPU tests, so :func:`buil
 without any network access: a randomly initialised model of a few MB with the real architecture, a byte-level
 BPE tokenizer trained locally on a small chest X-ray corpus, Qwen's special tokens and Qwen2.5-VL's exact chat
 template.
+
+Two sizes share the tokenizer, processor and architecture (:data:`MODEL_SIZES`, the ``size`` argument):
+``"tiny"`` (the default, 1.4 M parameters: 2 language layers of hidden size 128) for tests, and
+``"small"`` (3.8 M parameters: 4 language layers of hidden size 256, 4 heads) for learning benchmarks that
+need a model able to bind a question's finding to the image, still trainable on a CPU.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cxmind.errors import UserError
 from cxmind.format import ACCEPT, REJECT
 
 if TYPE_CHECKING:
@@ -28,6 +34,7 @@ __all__ = [
     "FORMAT_TOKENS",
     "IMAGE_MAX_PIXELS",
     "IMAGE_MIN_PIXELS",
+    "MODEL_SIZES",
     "QWEN_SPECIAL_TOKENS",
     "build_tiny_qwen25_vl",
     "build_tiny_tokenizer",
@@ -111,6 +118,29 @@ _VISION_CONFIG: dict[str, Any] = {
     "fullatt_block_indexes": [1],
     "out_hidden_size": 128,  # = text hidden size
 }
+
+# "small": twice as wide and deep a language model (head_dim stays 64, so the rope sections stay as they
+# are), fed by the tiny vision tower whose merger projects to the wider hidden size.
+_SMALL_TEXT_CONFIG: dict[str, Any] = {
+    **_TEXT_CONFIG,
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,  # head_dim 64 = 256 / 4
+    "num_key_value_heads": 2,  # grouped-query attention, 2 query heads per key/value head, as in Qwen2.5
+    "max_window_layers": 4,
+}
+_SMALL_VISION_CONFIG: dict[str, Any] = {**_VISION_CONFIG, "out_hidden_size": 256}  # = text hidden size
+
+#: Model size presets: name -> (text config, vision config). "tiny" must never change (tests and cached
+#: builds rely on it bit for bit); a new size is a new entry.
+_SIZES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "tiny": (_TEXT_CONFIG, _VISION_CONFIG),
+    "small": (_SMALL_TEXT_CONFIG, _SMALL_VISION_CONFIG),
+}
+
+#: The names :func:`build_tiny_qwen25_vl` and :func:`load_tiny_qwen25_vl` accept as ``size``.
+MODEL_SIZES: tuple[str, ...] = tuple(_SIZES)
 
 # Generic English (function words, common verbs and nouns), so that arbitrary prompts get short encodings.
 _ENGLISH = """\
@@ -278,23 +308,32 @@ def _token_id(tokenizer: Qwen2Tokenizer, token: str) -> int:
     return token_id
 
 
-def _build_model(tokenizer: Qwen2Tokenizer, seed: int) -> Qwen2_5_VLForConditionalGeneration:
+def _check_size(size: str) -> str:
+    if size not in _SIZES:
+        raise UserError(f"unknown model size {size!r}; choose one of {list(MODEL_SIZES)}")
+    return size
+
+
+def _build_model(
+    tokenizer: Qwen2Tokenizer, seed: int, size: str = "tiny"
+) -> Qwen2_5_VLForConditionalGeneration:
     """A randomly initialised model whose config points at the tokenizer's ids; deterministic in ``seed``."""
     import torch
     from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+    text_config, vision_config = _SIZES[_check_size(size)]
     ids = {token: _token_id(tokenizer, token) for token in QWEN_SPECIAL_TOKENS}
     endoftext, im_end = ids["<|endoftext|>"], ids["<|im_end|>"]
     config = Qwen2_5_VLConfig(
         text_config={
-            **_TEXT_CONFIG,
+            **text_config,
             "vocab_size": _round_up(len(tokenizer), 64),
             # As in the real checkpoint: bos/pad are <|endoftext|> in the config (the tokenizer has no bos).
             "bos_token_id": endoftext,
             "eos_token_id": im_end,
             "pad_token_id": endoftext,
         },
-        vision_config=dict(_VISION_CONFIG),
+        vision_config=dict(vision_config),
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
@@ -312,24 +351,29 @@ def _build_model(tokenizer: Qwen2Tokenizer, seed: int) -> Qwen2_5_VLForCondition
     return model.eval()
 
 
-def _is_complete(path: Path, seed: int) -> bool:
-    """Whether ``path`` holds a finished build of this builder version and ``seed`` (its marker says so)."""
+def _is_complete(path: Path, seed: int, size: str = "tiny") -> bool:
+    """Whether ``path`` holds a finished build of this builder version, ``seed`` and ``size`` (its marker
+    says so; a marker without a size, written before sizes existed, is a tiny build)."""
     try:
         marker = json.loads((path / _MARKER_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     if not isinstance(marker, dict):
         return False
-    return marker.get("builder_version") == BUILDER_VERSION and marker.get("seed") == seed
+    return (
+        marker.get("builder_version") == BUILDER_VERSION
+        and marker.get("seed") == seed
+        and marker.get("size", "tiny") == size
+    )
 
 
-def _write_build(directory: Path, seed: int) -> None:
+def _write_build(directory: Path, seed: int, size: str = "tiny") -> None:
     """Save processor and model into ``directory``; the marker file goes last (it means "complete")."""
     import transformers
     from transformers.utils import logging as hf_logging
 
     processor = _build_processor()
-    model = _build_model(processor.tokenizer, seed)
+    model = _build_model(processor.tokenizer, seed, size)
     processor.save_pretrained(directory)
     bars_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a "Writing model shards" bar per build is noise in test logs
@@ -338,37 +382,49 @@ def _write_build(directory: Path, seed: int) -> None:
     finally:
         if bars_enabled:
             hf_logging.enable_progress_bar()
-    marker = {"builder_version": BUILDER_VERSION, "seed": seed, "transformers": transformers.__version__}
+    marker = {
+        "builder_version": BUILDER_VERSION,
+        "seed": seed,
+        "size": size,
+        "transformers": transformers.__version__,
+    }
     (directory / _MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
 
 
 def build_tiny_qwen25_vl(
-    path: str | os.PathLike[str] | None = None, *, seed: int = 0, overwrite: bool = False
+    path: str | os.PathLike[str] | None = None, *, seed: int = 0, overwrite: bool = False, size: str = "tiny"
 ) -> Path:
-    """Build (or reuse) a tiny random Qwen2.5-VL checkpoint directory, fully offline, and return its path.
+    """Build (or reuse) a small random Qwen2.5-VL checkpoint directory, fully offline, and return its path.
+
+    ``size`` is one of :data:`MODEL_SIZES`: ``"tiny"`` (default; 2 language layers of hidden size 128,
+    1.4 M parameters) or ``"small"`` (4 layers of hidden size 256 with 4 heads, 3.8 M parameters). All
+    sizes share the tokenizer, processor and chat template; an unknown size is a ``UserError``.
 
     With ``path=None`` the build is cached under :func:`default_cache_dir` as
-    ``tiny-qwen2.5-vl-v{BUILDER_VERSION}-seed{seed}``, so a test session builds it once. A directory
-    holding a complete build of the same version and seed is reused unless ``overwrite``; a non-empty
-    directory holding anything else is an error unless ``overwrite``. Builds go into a temporary sibling
-    directory renamed into place only once complete, so concurrent builders (e.g. pytest-xdist workers)
-    never see half a checkpoint.
+    ``{size}-qwen2.5-vl-v{BUILDER_VERSION}-seed{seed}``, so a test session builds it once. A directory
+    holding a complete build of the same version, seed and size is reused unless ``overwrite``; a
+    non-empty directory holding anything else is an error unless ``overwrite``. Builds go into a temporary
+    sibling directory renamed into place only once complete, so concurrent builders (e.g. pytest-xdist
+    workers) never see half a checkpoint.
     """
+    _check_size(size)
     target = (
-        default_cache_dir() / f"tiny-qwen2.5-vl-v{BUILDER_VERSION}-seed{seed}"
+        default_cache_dir() / f"{size}-qwen2.5-vl-v{BUILDER_VERSION}-seed{seed}"
         if path is None
         else Path(path).expanduser()
     ).absolute()
-    if not overwrite and _is_complete(target, seed):
+    if not overwrite and _is_complete(target, seed, size):
         return target
     if not overwrite and target.is_dir() and any(target.iterdir()):
-        raise FileExistsError(f"{target} is not empty and holds no matching tiny build; pass overwrite=True")
+        raise FileExistsError(
+            f"{target} is not empty and holds no matching {size} build (seed {seed}); pass overwrite=True"
+        )
 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         staging.chmod(0o755)  # mkdtemp makes it private; the build is an ordinary, shareable cache directory
-        _write_build(staging, seed)
+        _write_build(staging, seed, size)
         if overwrite and target.exists():
             # Move the old build aside first: rename() cannot replace a non-empty directory.
             trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
@@ -377,18 +433,23 @@ def build_tiny_qwen25_vl(
         try:
             os.replace(staging, target)  # atomic; also replaces an empty directory (e.g. a fresh tmp_path)
         except OSError:
-            if not _is_complete(target, seed):  # else a concurrent builder won the race with a full build
+            if not _is_complete(
+                target, seed, size
+            ):  # else a concurrent builder won the race with a full build
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
-def load_tiny_qwen25_vl(seed: int = 0) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
-    """Build (cached) and load the tiny model and processor through the ordinary ``from_pretrained`` paths."""
+def load_tiny_qwen25_vl(
+    seed: int = 0, size: str = "tiny"
+) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
+    """Build (cached) and load a model of ``size`` and its processor through the ordinary ``from_pretrained``
+    paths."""
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-    path = build_tiny_qwen25_vl(seed=seed)
+    path = build_tiny_qwen25_vl(seed=seed, size=size)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path)
     processor = AutoProcessor.from_pretrained(path)
     return model.eval(), processor

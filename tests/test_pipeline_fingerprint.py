@@ -186,3 +186,14 @@ def test_the_model_card_lists_hub_datasets_but_not_local_paths(tmp_path):
     assert _hub_dataset_id(DataSource("your-org/cxmind-records")) == "your-org/cxmind-records"
     for path in (str(local), "./records", "/data/missing", "~/records"):
         assert _hub_dataset_id(DataSource(path)) is None, path
+
+
+def test_the_default_data_style_leaves_fingerprints_of_earlier_runs_unchanged(tmp_path):
+    """Runs finished before data sources had a ``style`` still resume; choosing one is a change."""
+    from cxmind.training.data import DataSource
+    from cxmind.training.pipeline import _data_identity
+
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"prompt": "p", "completion": "c"}\n')
+    assert "style" not in _data_identity(DataSource(str(data)))
+    assert _data_identity(DataSource(str(data), style="instruction"))["style"] == "instruction"

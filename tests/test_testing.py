@@ -36,9 +36,11 @@ from trl.chat_template_utils import (
 )
 
 import cxmind.testing as tiny
+from cxmind.errors import UserError
 from cxmind.testing import (
     BUILDER_VERSION,
     FORMAT_TOKENS,
+    MODEL_SIZES,
     QWEN_SPECIAL_TOKENS,
     build_tiny_qwen25_vl,
     load_tiny_qwen25_vl,
@@ -458,11 +460,11 @@ def test_losing_a_build_race_returns_the_winners_build(
     target = tmp_path / "model"
     real_write_build = tiny._write_build
 
-    def racing_write_build(directory: Path, seed: int) -> None:
+    def racing_write_build(directory: Path, seed: int, size: str = "tiny") -> None:
         with monkeypatch.context() as patch:
             patch.setattr(tiny, "_write_build", real_write_build)
-            build_tiny_qwen25_vl(target, seed=seed)  # the "other process" wins
-        real_write_build(directory, seed)
+            build_tiny_qwen25_vl(target, seed=seed, size=size)  # the "other process" wins
+        real_write_build(directory, seed, size)
 
     monkeypatch.setattr(tiny, "_write_build", racing_write_build)
     assert build_tiny_qwen25_vl(target) == target
@@ -499,3 +501,112 @@ def test_load_tiny_qwen25_vl(
     assert isinstance(loaded_processor, Qwen2_5_VLProcessor)
     cached = tmp_path / f"tiny-qwen2.5-vl-v{BUILDER_VERSION}-seed0"
     assert _sha256(cached / "model.safetensors") == _sha256(tiny_qwen25_vl_path / "model.safetensors")
+
+
+# ------------------------------------------------------------------------------------------- size presets
+
+
+@pytest.fixture(scope="module")
+def small_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_qwen25_vl(tmp_path_factory.mktemp("small-qwen2.5-vl"), seed=0, size="small")
+
+
+def test_size_presets_are_named_and_unknown_sizes_refused(tmp_path: Path) -> None:
+    assert MODEL_SIZES == ("tiny", "small")
+    for call in (
+        lambda: build_tiny_qwen25_vl(tmp_path / "x", size="huge"),
+        lambda: load_tiny_qwen25_vl(size="Small"),
+    ):
+        with pytest.raises(UserError, match=r"unknown model size .*'tiny', 'small'"):
+            call()
+    assert not (tmp_path / "x").exists()
+
+
+def test_tiny_is_the_default_size_and_unchanged(tiny_qwen25_vl_path: Path, tmp_path: Path) -> None:
+    explicit = build_tiny_qwen25_vl(tmp_path / "tiny", seed=0, size="tiny")
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "processor_config.json"):
+        assert _sha256(explicit / name) == _sha256(tiny_qwen25_vl_path / name), name
+    # the tiny preset's settings, as they were before sizes existed (cached builds stay valid)
+    text, vision = tiny._SIZES["tiny"]
+    assert text is tiny._TEXT_CONFIG and vision is tiny._VISION_CONFIG
+    assert {k: text[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers")} == {
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+    }
+    assert (text["num_attention_heads"], text["num_key_value_heads"], text["max_window_layers"]) == (2, 1, 2)
+    assert text["rope_parameters"]["mrope_section"] == [8, 12, 12]
+    assert (vision["depth"], vision["hidden_size"], vision["num_heads"], vision["out_hidden_size"]) == (
+        2,
+        128,
+        2,
+        128,
+    )
+    # a marker written before sizes existed (no "size" key) is a tiny build, reused as such
+    marker = tmp_path / "tiny" / tiny._MARKER_NAME
+    legacy = {k: v for k, v in json.loads(marker.read_text(encoding="utf-8")).items() if k != "size"}
+    marker.write_text(json.dumps(legacy), encoding="utf-8")
+    assert tiny._is_complete(tmp_path / "tiny", 0) and not tiny._is_complete(tmp_path / "tiny", 0, "small")
+
+
+def test_small_model_config_and_parameter_count(small_path: Path, tiny_qwen25_vl_path: Path) -> None:
+    with _assert_no_warnings():
+        model = AutoModelForImageTextToText.from_pretrained(small_path)
+        processor = AutoProcessor.from_pretrained(small_path)
+    assert type(model) is Qwen2_5_VLForConditionalGeneration and type(processor) is Qwen2_5_VLProcessor
+    text: Any = model.config.text_config
+    vision: Any = model.config.vision_config
+    assert (text.num_hidden_layers, text.hidden_size, text.intermediate_size) == (4, 256, 512)
+    assert (text.num_attention_heads, text.num_key_value_heads) == (4, 2)
+    head_dim = text.hidden_size // text.num_attention_heads
+    assert head_dim == 64 and sum(text.rope_parameters["mrope_section"]) == head_dim // 2
+    assert list(text.layer_types) == ["full_attention"] * 4
+    assert vision.out_hidden_size == text.hidden_size == 256
+    assert vision.hidden_size // vision.num_heads == 64
+    assert (
+        model.config.tie_word_embeddings
+        and model.lm_head.weight is model.model.language_model.embed_tokens.weight
+    )
+    parameters = sum(p.numel() for p in model.parameters())
+    assert 3_000_000 <= parameters <= 5_000_000, parameters
+    tiny_parameters = sum(
+        p.numel()
+        for p in Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_qwen25_vl_path).parameters()
+    )
+    assert parameters > 2 * tiny_parameters
+    # one tokenizer and processor for every size: data and prompts do not depend on the size
+    for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "chat_template.jinja"):
+        assert _sha256(small_path / name) == _sha256(tiny_qwen25_vl_path / name), name
+    assert json.loads((small_path / tiny._MARKER_NAME).read_text(encoding="utf-8"))["size"] == "small"
+
+
+def test_small_model_forward_and_generate_on_an_image(small_path: Path) -> None:
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(small_path).eval()
+    processor = AutoProcessor.from_pretrained(small_path)
+    text = processor.apply_chat_template(QUESTION, add_generation_prompt=True)
+    inputs = processor(text=[text], images=[_gray_noise(224)], return_tensors="pt")
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 64  # 224 px: 16x16 patches / 4
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert logits.shape == (1, inputs["input_ids"].shape[1], model.config.text_config.vocab_size)
+    assert torch.isfinite(logits).all()
+    with _assert_no_warnings():
+        out = model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    prompt_length = inputs["input_ids"].shape[1]
+    assert out.shape == (1, prompt_length + 6) and torch.equal(out[:, :prompt_length], inputs["input_ids"])
+    assert isinstance(processor.batch_decode(out[:, prompt_length:], skip_special_tokens=True)[0], str)
+
+
+def test_sizes_are_cached_apart(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, small_path: Path) -> None:
+    monkeypatch.setenv("CXMIND_CACHE", str(tmp_path / "cache"))
+    small = build_tiny_qwen25_vl(seed=0, size="small")
+    assert small == tmp_path / "cache" / f"small-qwen2.5-vl-v{BUILDER_VERSION}-seed0"
+    assert _sha256(small / "model.safetensors") == _sha256(small_path / "model.safetensors")
+    with _assert_no_warnings():
+        loaded, _ = load_tiny_qwen25_vl(seed=0, size="small")  # reuses the cached build
+    assert loaded.config.text_config.hidden_size == 256 and not loaded.training
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [small.name]
+    # a folder holding one size is never taken for another
+    with pytest.raises(FileExistsError, match="no matching tiny build"):
+        build_tiny_qwen25_vl(small, seed=0)
+    assert tiny._is_complete(small, 0, "small") and not tiny._is_complete(small, 0)

@@ -347,3 +347,68 @@ def test_an_iterable_dataset_cannot_carry_a_curriculum(grpo_data, tiny_qwen25_vl
     with pytest.raises(ValueError, match="curriculum_adaptive=True"):
         build(curriculum_adaptive=True)
     assert build().curriculum_sampler is None  # mixed, not adaptive: TRL's stream shuffle drops nothing
+
+
+# -- ablation: outcome-only rewards (format + outcome; think and process weighted 0; no gate) ---------
+
+#: The outcome-only ablation as recipe args (docs/architecture.md, "Outcome-only ablation").
+OUTCOME_ONLY = {"reward_weights": [0.1, 0.9, 0.0, 0.0], "gate": False}
+
+
+class HalfGold(CXMindGRPOTrainer):
+    """Scores the gold trajectory in place of every other completion, so every component pays something."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.per_func: list[torch.Tensor] = []
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        swapped = [
+            x["solution"] if i % 2 == 0 else c
+            for i, (x, c) in enumerate(zip(inputs, completions, strict=True))
+        ]
+        rewards = super()._calculate_rewards(inputs, prompts, swapped, completion_ids_list)
+        self.per_func.append(rewards.clone())
+        return rewards
+
+
+def test_outcome_only_ablation_pays_format_and_outcome_only(grpo_data, tiny_qwen25_vl_path, tmp_path):
+    args = grpo_args(tmp_path, max_steps=1, **OUTCOME_ONLY)
+    trainer = HalfGold(model=str(tiny_qwen25_vl_path), args=args, train_dataset=grpo_data)
+    assert trainer._gate_columns is None
+    assert [f.component for f in trainer.reward_funcs] == ["format", "outcome", "think", "process"]
+    trainer.train()
+    (log,) = [e for e in trainer.state.log_history if "loss" in e]
+    assert not any(k.startswith("curl_vpr/gate/") for k in log)
+    # think and process are still computed and logged (not dropped), but weigh nothing in the reward
+    (rewards,) = trainer.per_func
+    assert (rewards[:, 2] > 0).any() and (rewards[:, 3] > 0).any()
+    assert log["rewards/think_reward/mean"] == pytest.approx(rewards[:, 2].nanmean().item())
+    total = 0.1 * rewards[:, 0].nan_to_num() + 0.9 * rewards[:, 1].nan_to_num()
+    assert log["reward"] == pytest.approx(total.mean().item(), abs=1e-6)
+    assert log["reward"] > 0
+
+
+def test_outcome_only_ablation_is_plain_recipe_args(phantom_records, tiny_qwen25_vl_path, tmp_path):
+    from cxmind.training.recipe import Recipe
+
+    stage = {
+        "name": "grpo_closed",
+        "type": "grpo",
+        "data": [str(phantom_records)],
+        "args": {**OUTCOME_ONLY, "use_cpu": True, "bf16": False},
+    }
+    recipe = Recipe.from_dict(
+        {"model": str(tiny_qwen25_vl_path), "output_dir": str(tmp_path), "stages": [stage]}
+    )
+    config = recipe.stage_config(recipe.stages[0])
+    assert (config.reward_weights, config.gate) == ([0.1, 0.9, 0.0, 0.0], False)
+    # everything else stays at the CuRL-VPR defaults
+    default = CXMindGRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False)
+    assert (config.reward_mode, config.w_closed, config.w_open) == (
+        default.reward_mode,
+        default.w_closed,
+        default.w_open,
+    )
+    # the same format and outcome weights as the full CuRL-VPR reward
+    assert list(DEFAULT_REWARD_WEIGHTS[:2]) == OUTCOME_ONLY["reward_weights"][:2]

@@ -7,6 +7,12 @@ then turns a row into what TRL consumes — ``prompt`` (conversational, built by
 ``images`` (decoded and resized with :func:`cxmind.data.images.load_image` only when the row is
 read). The transform runs inside the data loader for SFT and GRPO alike, so a dataset is never
 decoded whole and the same path checks apply to both trainers.
+
+A record set source has a ``style``: ``reasoning`` (default) asks each question with its format
+instructions and learns the gold interleaved trajectory (``solution``); ``instruction`` asks the bare
+question and learns the plain answer (:func:`instruction_turns`) — the instruction-tuning stage that
+comes before the cold start, teaching the model to bind the asked finding to the image. SFT only: a
+GRPO stage rewards the reasoning format.
 """
 
 from __future__ import annotations
@@ -22,13 +28,19 @@ from cxmind.data.images import ImageBudget, load_image
 from cxmind.data.prompts import prompt_messages
 from cxmind.data.records import META_FILE, image_roots, load_records
 from cxmind.errors import UserError
+from cxmind.format import option_texts
 
 __all__ = [
+    "STYLES",
     "TRAINING_COLUMNS",
     "DataSource",
+    "instruction_turns",
     "load_training_data",
     "plain_column",
 ]
+
+#: How a record set's rows are asked and answered (``DataSource.style``); the first is the default.
+STYLES = ("reasoning", "instruction")
 
 # The shared table every source is reduced to (strings are "" where a source has no value).
 TRAINING_COLUMNS = (
@@ -54,6 +66,10 @@ class DataSource:
     ``.jsonl``/``.parquet`` file, or a Hub dataset id. Plain instruction data needs a
     ``messages`` column (the last assistant turn is learned) or ``prompt``/``completion``
     columns; its optional ``images`` column holds paths under ``image_root``.
+
+    ``style`` (record sets only): ``reasoning`` (default) prompts with the format instructions and
+    learns the gold trajectory; ``instruction`` prompts with the bare question and learns the plain
+    answer (see :func:`instruction_turns`), for SFT stages only.
     """
 
     path: str
@@ -63,8 +79,13 @@ class DataSource:
     weight: float | None = None
     limit: int | None = None
     image_root: str | None = None
+    style: str = STYLES[0]
 
     def __post_init__(self) -> None:
+        if self.style not in STYLES:
+            raise UserError(
+                f"data source {self.path}: style must be one of {list(STYLES)}, got {self.style!r}"
+            )
         if self.weight is not None and not (self.weight > 0 and math.isfinite(self.weight)):
             raise UserError(f"data source {self.path}: weight must be a positive number, got {self.weight!r}")
         if self.limit is not None and self.limit < 1:
@@ -123,6 +144,14 @@ def load_training_data(
     specs = [DataSource.from_value(s) for s in sources]
     if not specs:
         raise UserError("a training stage needs at least one data source (the stage's `data` list is empty)")
+    if kind == "grpo":
+        plain = [s.path for s in specs if s.style != "reasoning"]
+        if plain:
+            raise UserError(
+                f"data source(s) {plain}: style 'instruction' is for SFT only; GRPO rewards the "
+                "<think>/<answer> format, so its prompts must carry the format instructions "
+                "(style 'reasoning')"
+            )
     roots = _Roots()
     tables = [_table(spec, i, roots, kind) for i, spec in enumerate(specs)]
     if len(tables) == 1:
@@ -158,6 +187,11 @@ def plain_column(dataset: Any, column: str) -> list[Any]:
 
 
 def _table(spec: DataSource, position: int, roots: _Roots, kind: str) -> Any:
+    if spec.style != "reasoning" and not spec.is_record_set:
+        raise UserError(
+            f"data source {spec.path}: style {spec.style!r} applies to cxmind record sets; plain instruction "
+            "data (messages or prompt/completion) is used as written, so remove `style`"
+        )
     table = (
         _record_table(spec, position, roots) if spec.is_record_set else _plain_table(spec, position, roots)
     )
@@ -186,7 +220,7 @@ def _record_table(spec: DataSource, position: int, roots: _Roots) -> Any:
                 f"{spec.path}: record {row['id']} has source {row['source']!r} "
                 f"with no image root in {META_FILE}"
             )
-        return {
+        reduced = {
             "id": row["id"],
             "task_type": row["task_type"],
             "task": row["task"],
@@ -199,8 +233,55 @@ def _record_table(spec: DataSource, position: int, roots: _Roots) -> Any:
             "completion_json": "",
             "row_index": -1,
         }
+        if spec.style == "instruction":  # stored like plain data: the transform uses them as written
+            prompt, answer = instruction_turns(row)
+            reduced["solution"] = answer
+            reduced["prompt_json"] = json.dumps(prompt, ensure_ascii=False)
+            reduced["completion_json"] = json.dumps(_assistant(answer), ensure_ascii=False)
+        return reduced
 
     return records.map(reduce, remove_columns=records.column_names, features=_features())
+
+
+def instruction_turns(record: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    """(prompt messages, plain answer) of a record asked in the ``instruction`` style.
+
+    The prompt is the record's question without the format instructions (one image placeholder per
+    image, as :func:`cxmind.data.prompts.prompt_messages`); the answer is the record's ``answer`` in
+    plain words, never a ``<think>``/``<answer>`` trajectory:
+
+    * closed, Yes/No options (``disease_binary``, ``image_text_matching``): the question stem without
+      its options ("Is there edema on this chest X-ray?") -> the gold option's text ("Yes"/"No");
+    * other closed (``disease_single_choice``, ``view_position``, ``progression``): the question with
+      its options -> the gold option, letter and text ("B) Edema");
+    * open (``disease_open``, ``disease_multi_choice``): the record's own question (it carries no
+      format instruction; a scoped or multi-choice one names its candidates) -> the comma-separated
+      findings or "No Finding";
+    * report and grounding: the question -> the reference text / the ``bbox_2d`` JSON.
+    """
+    where = f"record {record.get('id')}"
+    question, answer = str(record["question"]), str(record.get("answer") or "").strip()
+    if not answer:
+        raise UserError(f"{where} has no answer to learn in the instruction style")
+    if record["task_type"] == "closed":
+        options = [str(o) for o in record.get("options") or []]
+        texts = option_texts(options) or {}
+        if answer not in texts:
+            raise UserError(f"{where}: its answer {answer!r} is not one of its options {options}")
+        listed = "\n".join(options)
+        if sorted(t.strip().lower() for t in texts.values()) == ["no", "yes"]:
+            question, answer = question.removesuffix("\n" + listed), texts[answer]
+        else:
+            if listed not in question:
+                question = f"{question}\n{listed}"
+            answer = f"{answer}) {texts[answer]}"
+    content: list[dict[str, Any]] = [{"type": "image"} for _ in record.get("images") or ()]
+    content.append({"type": "text", "text": question})
+    return [{"role": "user", "content": content}], answer
+
+
+def _assistant(text: str) -> list[dict[str, Any]]:
+    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
 
 
 def _plain_table(spec: DataSource, position: int, roots: _Roots) -> Any:
@@ -321,7 +402,7 @@ def _row_transform(
                 completion = json.loads(row["completion_json"])
             else:
                 prompt = prompt_messages(row)
-                completion = [{"role": "assistant", "content": [{"type": "text", "text": row["solution"]}]}]
+                completion = _assistant(row["solution"])
             for key in ("id", "task_type", "task", "solution", "options", "row_index"):
                 out[key].append(row[key])
             out["prompt"].append(prompt)

@@ -353,7 +353,12 @@ def _data_identity(source: DataSource) -> dict[str, Any]:
     """
     from cxmind.data.records import META_FILE, VALIDATE_REJECTS_FILE
 
-    selection = {k: v for k, v in asdict(source).items() if k not in ("path", "image_root")}
+    selection = {
+        k: v
+        for k, v in asdict(source).items()
+        # the default style is left out so that runs finished before it existed still resume
+        if k not in ("path", "image_root") and not (k == "style" and v == "reasoning")
+    }
     path = Path(source.path).expanduser()
     if source.is_record_set:
         meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))

@@ -347,6 +347,14 @@ def _stage(raw: Any, index: int, where: str) -> StageSpec:
         if raw.get("eval_data")
         else None
     )
+    if raw["type"] == "grpo":
+        plain = [s.path for s in [*sources, *(eval_sources or [])] if s.style != "reasoning"]
+        if plain:
+            raise RecipeError(
+                f"{where}: stage {raw['name']!r}: `style: instruction` (data {plain}) is for SFT stages "
+                "only: GRPO rewards the <think>/<answer> format, which instruction-style prompts do not "
+                "ask for; remove `style` from the GRPO stage's data"
+            )
     return StageSpec(
         name=str(raw["name"]),
         type=raw["type"],
