@@ -197,3 +197,20 @@ def test_the_default_data_style_leaves_fingerprints_of_earlier_runs_unchanged(tm
     data.write_text('{"prompt": "p", "completion": "c"}\n')
     assert "style" not in _data_identity(DataSource(str(data)))
     assert _data_identity(DataSource(str(data), style="instruction"))["style"] == "instruction"
+
+
+def test_a_start_model_trained_again_by_another_run_is_a_change(tmp_path):
+    """A recipe starting from another run's stage sees that stage retrained (same file sizes)."""
+    import json
+
+    from cxmind.training.pipeline import DONE_FILE, _model_identity
+
+    model = tmp_path / "cold_start"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"0" * 16)
+    plain = _model_identity(str(model))
+    (model / DONE_FILE).write_text(json.dumps({"stage_id": "a"}))
+    first = _model_identity(str(model))
+    (model / DONE_FILE).write_text(json.dumps({"stage_id": "b"}))
+    assert len({plain, first, _model_identity(str(model))}) == 3

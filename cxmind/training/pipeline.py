@@ -332,14 +332,19 @@ def _sizes(paths: Sequence[Path], root: Path) -> dict[str, int]:
 
 def _model_identity(model: str) -> str:
     """A local model folder by content (config + weight file sizes), so moving it changes nothing;
-    a Hub id by name (a ``revision`` sits in ``model_init_kwargs``, part of the args)."""
+    a Hub id by name (a ``revision`` sits in ``model_init_kwargs``, part of the args). A folder that
+    another run's stage wrote also by that stage's id: retraining it keeps the sizes, not the id."""
     path = Path(model)
     if not path.is_dir():
         return model
     config = path / "config.json"
     weights = [*path.glob("*.safetensors"), *path.glob("*.bin")]
     text = config.read_text(encoding="utf-8") if config.is_file() else ""
-    return _digest({"config": text, "weights": _sizes(weights, path)})
+    identity: dict[str, Any] = {"config": text, "weights": _sizes(weights, path)}
+    done = path / DONE_FILE
+    if done.is_file():
+        identity["stage_id"] = json.loads(done.read_text(encoding="utf-8")).get("stage_id")
+    return _digest(identity)
 
 
 def _data_identity(source: DataSource) -> dict[str, Any]:

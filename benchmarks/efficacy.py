@@ -1,0 +1,621 @@
+"""Issue 17's efficacy benchmark: the paper's five-stage sequence on multi-finding phantoms, held out.
+
+Builds phantom chest X-rays with six co-occurring findings (Cardiomegaly, Pleural Effusion,
+Pneumothorax, Nodule, Consolidation, Atelectasis; each present with p = 0.3, independently, and no
+extra all-normal studies, ``p_normal = 0``; :mod:`cxmind.data.phantom`) and a record set of them
+(patient-level splits 0.95/0/0.05 over 1000 patients: ~50 held-out patients, ~300 scored test
+records), then trains the "small" random Qwen2.5-VL
+(:func:`cxmind.testing.build_tiny_qwen25_vl`, ``size="small"``) on the CPU through
+:func:`cxmind.training.pipeline.run_pipeline` with three recipes:
+
+1. ``pretrain`` (in ``--cache``, a one-time "pretraining", timed separately): ``align`` (SFT, image
+   -> ``report_impression`` text) then ``instruct`` (SFT, ``style: instruction``: "Is there X?" ->
+   Yes/No, single choice -> "B) X", open -> the finding list; mixed with the impressions).
+2. ``main`` (``<out>/run``, from the instruct model): ``cold_start`` (SFT on the gold interleaved
+   ``<think>``/``<answer>`` traces of the three scored tasks), ``grpo_closed`` (GRPO Stage I,
+   ``disease_binary`` + ``disease_single_choice``, CuRL-VPR rewards, gate on) and ``grpo_open``
+   (GRPO Stage II, ``disease_open``).
+3. ``outcome`` (``<out>/run-outcome``, from the main run's ``cold_start`` model): the same two GRPO
+   stages with the same budget but outcome-only rewards (``reward_weights: [0.1, 0.9, 0.0, 0.0]``,
+   ``gate: false``: format + outcome, no think/process, no gate) — the ablation.
+
+Default budget (every figure is a flag: ``--align-steps``, ``--instruct-steps``, ``--cold-start-steps``,
+``--grpo-closed-steps``, ``--grpo-open-steps``, batches, learning rates, token limits): align 600 x 16
+(lr 2e-3), instruct 500 x 16 (lr 2e-3), cold start 200 x 8 (lr 1e-3), GRPO I 30 steps and GRPO II 20
+steps of 16 completions (4 prompts x 4, lr 5e-5 constant, no KL), completions of at most 288 tokens in
+Stage I (gold closed traces <= ~215 tokens) and 384 in Stage II and evaluation (gold open traces with
+six findings reach ~355 tokens; at 288 a tenth of them would be cut). The vision tower is trained in
+``align`` only. Estimated from the issue's per-step timings (small preset, one torch thread): pretraining
+~15 min, measured part ~25-31 min (cold start ~4, GRPO 2 x ~9-10, four evaluations up to ~8 at full
+length; less when the model stops at its end of turn).
+
+Every model is evaluated with :func:`cxmind.eval.run.evaluate` (greedy) on the held-out ``test``
+split's ``disease_binary``, ``disease_single_choice`` and ``disease_open`` records: the cold-start
+model (``eval/cold_start``), the CuRL-VPR final model (``eval/curl``), the outcome-only final model
+(``eval/outcome``) and the CuRL-VPR final model on blank images (``eval/blank``: the record set
+copied with every evaluated image one constant grey, see :func:`learning.blank_copy`).
+
+Figures (the last line, 3 decimals each):
+``closed_acc: a, open_f1_sft: s, open_f1: o, blank_acc: c, blank_f1: bf, chance: h, const_f1: k,
+format: f, pc_curl: p1, pc_outcome: p2``
+
+* a: closed accuracy of the CuRL-VPR final model (``by_type.closed.accuracy`` of results.json:
+  binary and single choice pooled over records);
+* s, o: open F1 (``by_type.open.f1``, the mean per-record set F1 of the final answer's findings)
+  after cold-start SFT and after GRPO II;
+* c, bf: closed accuracy and open F1 of the final model on blank images;
+* h: uniform-guess accuracy over the evaluated closed questions' options;
+* k: the best constant answer's open F1 on the same test records and metric
+  (:func:`cxmind.eval.metrics.per_record`), over "No Finding", each single finding of the world, and
+  the most frequent answer set of the train split;
+* f: format-valid rate (``overall.format``), the minimum over the cold-start and final evaluations;
+* p1, p2: process consistency (``by_type.closed.process_consistency``: the share of earlier rounds
+  whose ✅/❌ agrees with gold) of the CuRL-VPR and of the outcome-only final model.
+
+Targets (``targets`` in ``efficacy.json``): f >= 0.98, a >= 0.90, o >= 0.70, o >= s + 0.05,
+c <= h + 0.05, bf <= k + 0.05, p1 >= p2 + 0.05 with o >= the outcome-only open F1, and the measured
+part (cold start -> GRPO I -> GRPO II for both branches -> evaluations) within 30 minutes.
+
+    python benchmarks/efficacy.py [--out DIR] [--cache DIR] [--quick] [--seed 0] [--threads 1]
+                                  [--findings NAME,...|all] [--align-steps N ...]
+
+``--out`` (default: a new temporary folder, kept) receives the three recipes, stage models,
+evaluations, the blank record set and ``efficacy.json``; finished stages and predictions already in
+it are reused, so time a run on a fresh folder. ``--quick`` is a smoke run of a few minutes on a
+handful of patients and steps; its numbers are not expected to meet the targets.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import argparse
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+import warnings
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+from learning import _CPU, _STARTED, Progress, _quiet_trainer_logs, blank_copy, chance, evaluate_model, say
+
+from cxmind.data.phantom import PHANTOM_FINDINGS
+
+CLOSED_TASKS = ("disease_binary", "disease_single_choice")
+OPEN_TASKS = ("disease_open",)
+EVAL_TASKS = CLOSED_TASKS + OPEN_TASKS
+ALIGN_TASKS = ("report_impression",)  # image -> findings text: trained, never scored
+OUTCOME_ONLY = {"reward_weights": [0.1, 0.9, 0.0, 0.0], "gate": False}  # format, outcome, think, process
+MAIN_STAGES = ("cold_start", "grpo_closed", "grpo_open")
+OUTCOME_STAGES = ("outcome_grpo_closed", "outcome_grpo_open")
+MEASURED_LIMIT_S = 30 * 60
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one run trains on and how long (``--quick`` shrinks everything)."""
+
+    patients: int = 1000
+    test_fraction: float = 0.05  # patient-level held-out share (~50 patients, ~300 scored records)
+    image_size: int = 224
+    max_pixels: int = 224 * 224  # 64 image tokens
+    findings: tuple[str, ...] = PHANTOM_FINDINGS[:6]
+    p_finding: float = 0.3  # each finding, independently
+    p_normal: float = 0.0  # extra all-normal first studies (0: only the 0.7**6 = 12% drawn normal)
+    model_size: str = "small"
+    align_steps: int = 600
+    align_batch: int = 16
+    align_lr: float = 2.0e-3
+    instruct_steps: int = 500
+    instruct_batch: int = 16
+    instruct_lr: float = 2.0e-3
+    cold_start_steps: int = 200
+    cold_start_batch: int = 8
+    cold_start_lr: float = 1.0e-3
+    grpo_closed_steps: int = 30
+    grpo_open_steps: int = 20
+    grpo_batch: int = 16
+    grpo_generations: int = 4
+    grpo_lr: float = 5.0e-5
+    max_completion: int = 288  # GRPO Stage I: gold closed traces are <= ~215 tokens
+    max_completion_open: int = 384  # GRPO Stage II: gold open traces reach ~355 tokens with 6 findings
+    eval_max_tokens: int = 384  # greedy evaluation, every task
+    eval_batch: int = 32
+    freeze_after_align: int = 1  # 1: the vision tower is trained in "align" only
+    seed: int = 0
+
+
+QUICK = Settings(
+    patients=40,
+    test_fraction=0.25,
+    align_steps=16,
+    align_batch=8,
+    instruct_steps=16,
+    instruct_batch=8,
+    cold_start_steps=8,
+    cold_start_batch=4,
+    grpo_closed_steps=2,
+    grpo_open_steps=2,
+    grpo_batch=8,
+    max_completion=96,
+    max_completion_open=96,
+    eval_max_tokens=128,
+)
+
+
+# ------------------------------------------------------------------------------------------------
+# Data and model
+# ------------------------------------------------------------------------------------------------
+
+
+def prepare(cache: Path, s: Settings) -> tuple[Path, Path]:
+    """(record set, base model) under ``cache``, built on first use and reused afterwards."""
+    from cxmind.data.build import BuildConfig, SourceSpec, build
+    from cxmind.data.images import ImageBudget
+    from cxmind.data.phantom import write_phantom_dataset
+    from cxmind.data.records import META_FILE
+    from cxmind.data.tasks import TaskConfig
+    from cxmind.testing import build_tiny_qwen25_vl
+
+    model = build_tiny_qwen25_vl(cache / f"{s.model_size}-qwen2.5-vl", seed=0, size=s.model_size)
+    world = "all" if s.findings == PHANTOM_FINDINGS else "+".join(f.replace(" ", "") for f in s.findings)
+    name = f"{s.patients}p-{s.image_size}px-{world}-p{s.p_finding}-normal{s.p_normal}-seed{s.seed}"
+    phantom = cache / f"phantom-{name}"
+    if not (phantom / "phantom.csv").is_file():  # written last: its presence means a complete dataset
+        say(f"drawing phantoms: {s.patients} patients, {s.image_size}px, {len(s.findings)} findings")
+        write_phantom_dataset(
+            phantom,
+            n_patients=s.patients,
+            seed=s.seed,
+            size=s.image_size,
+            findings=s.findings,
+            p_finding=s.p_finding,
+            p_normal=s.p_normal,
+        )
+    records = cache / f"records-{name}-{s.max_pixels}px2-test{s.test_fraction}"
+    if not (records / META_FILE).is_file():
+        say(f"building records (patient-level splits {1 - s.test_fraction:g}/0/{s.test_fraction:g})")
+        task = TaskConfig(
+            tasks=EVAL_TASKS + ALIGN_TASKS, budget=ImageBudget(max_pixels=s.max_pixels), seed=s.seed
+        )
+        config = BuildConfig(
+            sources=[SourceSpec("phantom", phantom)],
+            out=records,
+            task=task,
+            split_fractions=(1 - s.test_fraction, 0.0, s.test_fraction),
+        )
+        build(config, progress=False)
+    return records, model
+
+
+# ------------------------------------------------------------------------------------------------
+# Recipes
+# ------------------------------------------------------------------------------------------------
+
+
+def _sft(steps: int, batch: int, lr: float) -> dict[str, Any]:
+    return {
+        **_CPU,
+        "per_device_train_batch_size": batch,
+        "max_steps": steps,
+        "learning_rate": lr,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0.05,
+        "logging_steps": max(1, steps // 8),
+        "save_strategy": "no",
+    }
+
+
+def _grpo(steps: int, s: Settings, max_completion: int, **extra: Any) -> dict[str, Any]:
+    return {
+        **_CPU,
+        "per_device_train_batch_size": s.grpo_batch,
+        "num_generations": s.grpo_generations,
+        "max_completion_length": max_completion,
+        "max_steps": steps,
+        "learning_rate": s.grpo_lr,
+        "lr_scheduler_type": "constant",
+        "beta": 0.0,
+        "temperature": 1.0,
+        "logging_steps": max(1, steps // 6),
+        "save_strategy": "no",
+        **extra,
+    }
+
+
+def pretrain_recipe(model: Path, records: Path, out: Path, s: Settings) -> dict[str, Any]:
+    """align -> instruct (the stages before the cold start; cached)."""
+    align = {"path": str(records), "tasks": list(ALIGN_TASKS)}
+    instruct = {"path": str(records), "tasks": list(EVAL_TASKS), "style": "instruction"}
+    return {
+        "model": str(model),
+        "output_dir": str(out),
+        "seed": s.seed,
+        "max_pixels": s.max_pixels,
+        "stages": [
+            {
+                "name": "align",
+                "type": "sft",
+                "data": [align],
+                "args": _sft(s.align_steps, s.align_batch, s.align_lr),
+            },
+            {
+                "name": "instruct",
+                "type": "sft",
+                "freeze_vision_tower": bool(s.freeze_after_align),
+                "data": [instruct, align],
+                "args": _sft(s.instruct_steps, s.instruct_batch, s.instruct_lr),
+            },
+        ],
+    }
+
+
+def grpo_stages(records: Path, s: Settings, prefix: str = "", **extra: Any) -> list[dict[str, Any]]:
+    """GRPO Stage I (closed) -> Stage II (open); ``extra`` args go to both (e.g. the ablation's)."""
+    return [
+        {
+            "name": f"{prefix}grpo_closed",
+            "type": "grpo",
+            "freeze_vision_tower": bool(s.freeze_after_align),
+            "data": [{"path": str(records), "tasks": list(CLOSED_TASKS)}],
+            "args": _grpo(s.grpo_closed_steps, s, s.max_completion, **extra),
+        },
+        {
+            "name": f"{prefix}grpo_open",
+            "type": "grpo",
+            "freeze_vision_tower": bool(s.freeze_after_align),
+            "data": [{"path": str(records), "tasks": list(OPEN_TASKS)}],
+            "args": _grpo(s.grpo_open_steps, s, s.max_completion_open, **extra),
+        },
+    ]
+
+
+def main_recipe(model: str, records: Path, out: Path, s: Settings) -> dict[str, Any]:
+    """cold start -> GRPO I -> GRPO II with CuRL-VPR rewards (defaults: all four, gate on)."""
+    return {
+        "model": model,
+        "output_dir": str(out),
+        "seed": s.seed,
+        "max_pixels": s.max_pixels,
+        "stages": [
+            {
+                "name": "cold_start",
+                "type": "sft",
+                "freeze_vision_tower": bool(s.freeze_after_align),
+                "data": [{"path": str(records), "tasks": list(EVAL_TASKS)}],
+                "args": _sft(s.cold_start_steps, s.cold_start_batch, s.cold_start_lr),
+            },
+            *grpo_stages(records, s),
+        ],
+    }
+
+
+def outcome_recipe(cold_start: str, records: Path, out: Path, s: Settings) -> dict[str, Any]:
+    """The ablation: the same GRPO I -> II from the same cold-start model, format + outcome only."""
+    return {
+        "model": cold_start,
+        "output_dir": str(out),
+        "seed": s.seed,
+        "max_pixels": s.max_pixels,
+        "stages": grpo_stages(records, s, prefix="outcome_", **OUTCOME_ONLY),
+    }
+
+
+def run_recipe(raw: dict[str, Any], path: Path, progress: Progress, start: Any = None) -> list[Any]:
+    """Write ``raw`` to ``path`` and run it. ``start``: the ``stage_id`` of the stage whose model the
+    recipe starts from. The pipeline refuses a run folder whose starting stage was trained again (as
+    ``cxmind train`` does); the benchmark redoes such a folder instead, as a rerun should."""
+    from cxmind.training.pipeline import run_pipeline
+    from cxmind.training.recipe import Recipe
+
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    plan = Recipe.from_dict(raw, source=str(path))
+    plan.validate()
+    say(f"recipe {path}: " + " -> ".join(stage.name for stage in plan.stages))
+    marker = Path(raw["output_dir"]) / "started_from.json"
+    stale = marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) != {"stage_id": start}
+    if stale:
+        say(f"{raw['output_dir']} was trained from another {raw['model']}; training it again")
+    with _quiet_trainer_logs():
+        results = run_pipeline(plan, callbacks=[progress], overwrite=stale)
+    marker.write_text(json.dumps({"stage_id": start}) + "\n", encoding="utf-8")
+    for result in results:
+        if result.skipped:
+            say(f"stage {result.name}: reused the finished stage in {result.output_dir}")
+    return results
+
+
+# ------------------------------------------------------------------------------------------------
+# Measurements
+# ------------------------------------------------------------------------------------------------
+
+
+def figures(results: dict[str, Any]) -> dict[str, float]:
+    """closed accuracy, open F1, format and process consistency of one results.json."""
+    m = results["metrics"]
+
+    def value(group: dict[str, Any], key: str) -> float:
+        return float((group.get(key) or {}).get("value", float("nan")))
+
+    closed, open_ = m["by_type"].get("closed", {}), m["by_type"].get("open", {})
+    return {
+        "closed_acc": value(closed, "accuracy"),
+        "open_f1": value(open_, "f1"),
+        "format": value(m["overall"], "format"),
+        "process_consistency": value(closed, "process_consistency"),
+    }
+
+
+def constant_f1(test_open: list[dict[str, Any]], train_open: list[dict[str, Any]], s: Settings) -> dict:
+    """The best constant answer's mean open F1 on ``test_open`` (same per-record metric as eval)."""
+    from cxmind.eval.metrics import finding_set, per_record
+    from cxmind.vocab import NO_FINDING
+
+    sets = Counter(
+        ", ".join(sorted(finding_set(str(r["answer"]), r.get("options")))) for r in train_open if r["answer"]
+    )
+    candidates = {NO_FINDING: NO_FINDING, **{f: f for f in s.findings}}
+    if sets:
+        candidates["most frequent train answer"] = sets.most_common(1)[0][0] or NO_FINDING
+    scores = {}
+    for name, answer in candidates.items():
+        prediction = f"<think>constant</think><answer>{answer}</answer>"
+        values = [per_record({**r, "prediction": prediction, "error": None})["f1"] for r in test_open]
+        scores[name] = {"answer": answer, "f1": sum(values) / len(values) if values else 0.0}
+    best = max(scores, key=lambda n: scores[n]["f1"])
+    return {"best": best, "f1": scores[best]["f1"], "candidates": scores}
+
+
+def table(name: str, fig: dict[str, float]) -> str:
+    return (
+        f"  {name:<12} closed acc {fig['closed_acc']:.3f}  open F1 {fig['open_f1']:.3f}  "
+        f"format {fig['format']:.3f}  process consistency {fig['process_consistency']:.3f}"
+    )
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None, help="run folder (default: a new temporary one)")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="phantoms, records, base model and pretraining (align, instruct)",
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run (a few minutes; no targets)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--findings",
+        default=None,
+        help="comma-separated phantom label space, or 'all' (default: the first six)",
+    )
+    parser.add_argument("--model-size", default=None, help="cxmind.testing model preset (default small)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (2 stalls ~10x when a core is busy)"
+    )
+    tunable = parser.add_argument_group("settings (what to train on and how long; see Settings)")
+    defaults = Settings().__dict__
+    names = [n for n, v in defaults.items() if n != "seed" and isinstance(v, int | float)]
+    for name in names:
+        default = defaults[name]
+        flag = f"--{name.replace('_', '-')}"
+        tunable.add_argument(flag, dest=name, type=type(default), default=None, help=f"default {default}")
+    args = parser.parse_args(argv)
+
+    import datasets
+    import torch
+    from transformers import logging as hf_logging
+
+    from cxmind.data.records import load_records
+    from cxmind.testing import default_cache_dir
+    from cxmind.vocab import canonical
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore")  # deprecation chatter of transformers/TRL, once per stage
+    torch.set_num_threads(args.threads)
+
+    values = dict((QUICK if args.quick else Settings()).__dict__, seed=args.seed)
+    values.update({k: getattr(args, k) for k in names if getattr(args, k) is not None})
+    if args.model_size:
+        values["model_size"] = args.model_size
+    if args.findings == "all":
+        values["findings"] = PHANTOM_FINDINGS
+    elif args.findings:
+        chosen = {canonical(f.strip()) for f in args.findings.split(",") if f.strip()}
+        values["findings"] = tuple(f for f in PHANTOM_FINDINGS if f in chosen)
+        if len(values["findings"]) != len(chosen):
+            parser.error(f"--findings: choose from {', '.join(PHANTOM_FINDINGS)}")
+    s = Settings(**values)
+    cache = (args.cache or default_cache_dir() / "bench-efficacy").expanduser().absolute()
+    out = (args.out or Path(tempfile.mkdtemp(prefix="cxmind-bench-efficacy-"))).expanduser().absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    say(f"settings: {s}")
+    say(f"cache {cache}; run folder {out}; torch threads {torch.get_num_threads()}")
+
+    records, model = prepare(cache, s)
+    test = load_records(records, "test", decode_images=False)
+    evaluated = test.filter(lambda r: r["task"] in EVAL_TASKS)
+    closed = evaluated.filter(lambda r: r["task"] in CLOSED_TASKS)
+    tasks = tuple(t for t in EVAL_TASKS if t in set(evaluated["task"]))
+    h, n_eval = chance(closed), len(evaluated)
+    counts = json.loads((records / "cxmind_data.json").read_text(encoding="utf-8"))["records_by_split_task"]
+    say(f"records: {counts}")
+    say(f"evaluated: {n_eval} test records of {', '.join(tasks)}; closed chance {h:.3f}")
+
+    # -- pretraining (cached): align -> instruct ------------------------------------------------
+    progress = Progress()
+    pre_raw = pretrain_recipe(model, records, Path("PLACEHOLDER"), s)
+    key = _digest({k: v for k, v in pre_raw.items() if k != "output_dir"})
+    pre_dir = cache / f"pretrain-{key}"
+    pre_raw["output_dir"] = str(pre_dir)
+    say("pretraining: align -> instruct (cached in --cache)")
+    begin = time.monotonic()
+    pre_results = run_recipe(pre_raw, out / "recipe-pretrain.yaml", progress)
+    pre_seconds_now = time.monotonic() - begin
+    pre_log = pre_dir / "pretrain_seconds.json"
+    pre_reused = all(r.skipped for r in pre_results)
+    if not pre_reused:
+        pre_log.write_text(json.dumps({"seconds": pre_seconds_now}) + "\n", encoding="utf-8")
+    pre_seconds = json.loads(pre_log.read_text())["seconds"] if pre_log.is_file() else pre_seconds_now
+    instruct_model = pre_results[-1].model
+
+    # -- measured part: cold start -> GRPO I -> GRPO II (both branches) -> evaluations ----------
+    measured_begin = time.monotonic()
+    say("measured part: cold start -> GRPO I (closed) -> GRPO II (open), CuRL-VPR rewards")
+    main_results = run_recipe(
+        main_recipe(instruct_model, records, out / "run", s),
+        out / "recipe.yaml",
+        progress,
+        start=pre_results[-1].stage_id,
+    )
+    by_name = {r.name: r for r in main_results}
+    say("ablation: GRPO I -> II from the same cold-start model, outcome-only rewards, no gate")
+    outcome_results = run_recipe(
+        outcome_recipe(by_name["cold_start"].model, records, out / "run-outcome", s),
+        out / "recipe-outcome.yaml",
+        progress,
+        start=by_name["cold_start"].stage_id,
+    )
+    by_name.update({r.name: r for r in outcome_results})
+
+    models = {
+        "cold_start": by_name["cold_start"].model,
+        "curl": by_name["grpo_open"].model,
+        "outcome": by_name["outcome_grpo_open"].model,
+    }
+    generation = replace(s, max_completion=s.eval_max_tokens)  # what learning.evaluate_model reads
+    trained = {r.name for r in (*main_results, *outcome_results) if not r.skipped}
+    redo = {
+        "cold_start": {"cold_start"},
+        "curl": set(MAIN_STAGES),
+        "blank": set(MAIN_STAGES),
+        "outcome": {"cold_start", *OUTCOME_STAGES},
+    }
+    for name, stages_ in redo.items():  # predictions of a model trained again in this run are stale
+        if trained & stages_ and (out / "eval" / name).is_dir():
+            shutil.rmtree(out / "eval" / name)
+    scores: dict[str, dict[str, Any]] = {}
+    eval_seconds: dict[str, float] = {}
+    for name, path in models.items():
+        begin = time.monotonic()
+        scores[name] = evaluate_model(path, records, out / "eval" / name, generation, tasks)
+        eval_seconds[name] = time.monotonic() - begin
+        say(f"evaluated {name} on {n_eval} held-out records in {eval_seconds[name]:.0f}s")
+    blank, grey = blank_copy(records, out, evaluated)
+    begin = time.monotonic()
+    scores["blank"] = evaluate_model(models["curl"], blank, out / "eval" / "blank", generation, tasks)
+    eval_seconds["blank"] = time.monotonic() - begin
+    say(f"evaluated the final model on blank images (grey level {grey}) in {eval_seconds['blank']:.0f}s")
+
+    test_open = [dict(r) for r in evaluated if r["task"] in OPEN_TASKS]
+    train = load_records(records, "train", decode_images=False)
+    train_open = [dict(r) for r in train.filter(lambda r: r["task"] in OPEN_TASKS)]
+    const = constant_f1(test_open, train_open, s)
+    measured = time.monotonic() - measured_begin
+
+    fig = {name: figures(results) for name, results in scores.items()}
+    print("held-out test split:", flush=True)
+    for name, values_ in fig.items():
+        print(table(name, values_), flush=True)
+    a, s_f1, o = fig["curl"]["closed_acc"], fig["cold_start"]["open_f1"], fig["curl"]["open_f1"]
+    c, bf, k = fig["blank"]["closed_acc"], fig["blank"]["open_f1"], const["f1"]
+    f = min(fig["cold_start"]["format"], fig["curl"]["format"])
+    p1, p2 = fig["curl"]["process_consistency"], fig["outcome"]["process_consistency"]
+    o2 = fig["outcome"]["open_f1"]
+    checks = {
+        "format >= 0.98": f >= 0.98,
+        "closed_acc >= 0.90": a >= 0.90,
+        "open_f1 >= 0.70": o >= 0.70,
+        "open_f1 >= open_f1_sft + 0.05": o >= s_f1 + 0.05,
+        "blank_acc <= chance + 0.05": c <= h + 0.05,
+        "blank_f1 <= const_f1 + 0.05": bf <= k + 0.05,
+        "pc_curl >= pc_outcome + 0.05 and open_f1 >= open_f1_outcome": p1 >= p2 + 0.05 and o >= o2,
+        "measured part <= 30 min": measured <= MEASURED_LIMIT_S,
+    }
+    stages = [
+        {
+            "name": r.name,
+            "branch": branch,
+            "model": r.model,
+            "reused": r.skipped,
+            "seconds": progress.seconds.get(r.name),
+        }
+        for branch, results in (
+            ("pretrain", pre_results),
+            ("curl", main_results),
+            ("outcome", outcome_results),
+        )
+        for r in results
+    ]
+    total = time.monotonic() - _STARTED
+    summary = {
+        "settings": asdict(s),
+        "records": str(records),
+        "tasks": tasks,
+        "n_eval": n_eval,
+        "n_closed": len(closed),
+        "n_open": len(test_open),
+        "closed_acc": a,
+        "open_f1_sft": s_f1,
+        "open_f1": o,
+        "blank_acc": c,
+        "blank_f1": bf,
+        "chance": h,
+        "const_f1": k,
+        "format": f,
+        "pc_curl": p1,
+        "pc_outcome": p2,
+        "open_f1_outcome": o2,
+        "closed_acc_outcome": fig["outcome"]["closed_acc"],
+        "closed_acc_sft": fig["cold_start"]["closed_acc"],
+        "evaluations": fig,
+        "constant_answers": const,
+        "blank_grey_level": grey,
+        "stages": stages,
+        "eval_seconds": eval_seconds,
+        "pretraining_seconds": pre_seconds,
+        "pretraining_reused": pre_reused,
+        "pretraining_dir": str(pre_dir),
+        "measured_seconds": measured,
+        "wall_seconds": total,
+        "targets": checks,
+    }
+    (out / "efficacy.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    print()
+    print(f"results: {out / 'efficacy.json'}; evaluations: {out / 'eval'}")
+    print("stage seconds: " + ", ".join(f"{k_} {v:.0f}" for k_, v in progress.seconds.items()))
+    print(
+        f"pretraining: {pre_seconds:.0f}s{' (cached)' if pre_reused else ''}; measured part: {measured:.0f}s"
+    )
+    print("targets: " + ", ".join(f"{k_} {'met' if v else 'MISSED'}" for k_, v in checks.items()))
+    note = "  [--quick: targets not expected]" if args.quick else ""
+    print(f"wall time: {total:.0f}s ({total / 60:.1f} min){note}")
+    print(
+        f"closed_acc: {a:.3f}, open_f1_sft: {s_f1:.3f}, open_f1: {o:.3f}, blank_acc: {c:.3f}, "
+        f"blank_f1: {bf:.3f}, chance: {h:.3f}, const_f1: {k:.3f}, format: {f:.3f}, "
+        f"pc_curl: {p1:.3f}, pc_outcome: {p2:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
