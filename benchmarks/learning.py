@@ -125,6 +125,69 @@ def say(text: str) -> None:
     print(f"[{time.monotonic() - _STARTED:7.1f}s] {text}", flush=True)
 
 
+def run_settings(
+    argv: list[str] | None, doc: str, full: Any, quick: Any, name: str, findings_default: str
+) -> tuple[argparse.Namespace, Any, Path, Path]:
+    """The command line every learning benchmark shares: (args, settings, cache, run folder).
+
+    ``full``/``quick`` are the default and ``--quick`` settings (a frozen dataclass with ``findings``,
+    ``seed`` and numeric fields); every numeric field becomes a ``--flag``. Also quiets transformers,
+    datasets and warnings, and sets the torch thread count.
+    """
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None, help="run folder (default: a new temporary one)")
+    parser.add_argument("--cache", type=Path, default=None, help="phantoms, records, base model (reused)")
+    parser.add_argument("--quick", action="store_true", help="smoke run (a few minutes; no targets)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--findings",
+        default=None,
+        help=f"comma-separated phantom label space, or 'all' (default: {findings_default})",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (2 stalls ~10x when a core is busy)"
+    )
+    tunable = parser.add_argument_group("settings (what to train on and how long; see Settings)")
+    defaults = full.__dict__
+    numbers = [n for n, v in defaults.items() if n != "seed" and isinstance(v, int | float)]
+    words = [n for n, v in defaults.items() if isinstance(v, str)]
+    for field_ in numbers + words:
+        default = defaults[field_]
+        flag = f"--{field_.replace('_', '-')}"
+        tunable.add_argument(flag, dest=field_, type=type(default), default=None, help=f"default {default}")
+    args = parser.parse_args(argv)
+
+    import datasets
+    import torch
+    from transformers import logging as hf_logging
+
+    from cxmind.testing import default_cache_dir
+    from cxmind.vocab import canonical
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore")  # deprecation chatter of transformers/TRL, once per stage
+    torch.set_num_threads(args.threads)
+
+    values = dict((quick if args.quick else full).__dict__, seed=args.seed)
+    values.update({k: getattr(args, k) for k in numbers + words if getattr(args, k) is not None})
+    if args.findings == "all":
+        values["findings"] = PHANTOM_FINDINGS
+    elif args.findings:
+        chosen = {canonical(f.strip()) for f in args.findings.split(",") if f.strip()}
+        values["findings"] = tuple(f for f in PHANTOM_FINDINGS if f in chosen)
+        if len(values["findings"]) != len(chosen):
+            parser.error(f"--findings: choose from {', '.join(PHANTOM_FINDINGS)}")
+    settings = type(full)(**values)
+    cache = (args.cache or default_cache_dir() / f"bench-{name}").expanduser().absolute()
+    out = (args.out or Path(tempfile.mkdtemp(prefix=f"cxmind-bench-{name}-"))).expanduser().absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    say(f"settings: {settings}")
+    say(f"cache {cache}; run folder {out}; torch threads {torch.get_num_threads()}")
+    return args, settings, cache, out
+
+
 @dataclass(frozen=True)
 class Settings:
     """What one run trains on and how long (``--quick`` shrinks everything)."""
@@ -450,61 +513,11 @@ def metrics_table(title: str, results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=None, help="run folder (default: a new temporary one)")
-    parser.add_argument(
-        "--cache", type=Path, default=None, help="where phantoms, records and model are built"
-    )
-    parser.add_argument("--quick", action="store_true", help="smoke run (a few minutes; no targets)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--findings",
-        default=None,
-        help="comma-separated phantom label space, or 'all' for all eight (default: Cardiomegaly)",
-    )
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch intra-op threads (2 stalls ~10x when a core is busy)"
-    )
-    tunable = parser.add_argument_group("settings (what to train on and how long; see Settings)")
-    defaults = Settings().__dict__
-    names = [n for n, v in defaults.items() if n not in ("findings", "seed") and isinstance(v, int | float)]
-    for name in names:
-        default = defaults[name]
-        flag = f"--{name.replace('_', '-')}"
-        tunable.add_argument(flag, dest=name, type=type(default), default=None, help=f"default {default}")
-    args = parser.parse_args(argv)
-
-    import datasets
-    import torch
-    from transformers import logging as hf_logging
+    args, s, cache, out = run_settings(argv, __doc__, Settings(), QUICK, "learning", "Cardiomegaly")
 
     from cxmind.data.records import load_records
-    from cxmind.testing import default_cache_dir
     from cxmind.training.pipeline import run_pipeline
     from cxmind.training.recipe import Recipe
-    from cxmind.vocab import canonical
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    warnings.filterwarnings("ignore")  # deprecation chatter of transformers/TRL, once per stage
-    torch.set_num_threads(args.threads)
-
-    values = dict((QUICK if args.quick else Settings()).__dict__, seed=args.seed)
-    values.update({k: getattr(args, k) for k in names if getattr(args, k) is not None})
-    if args.findings == "all":
-        values["findings"] = PHANTOM_FINDINGS
-    elif args.findings:
-        chosen = {canonical(f.strip()) for f in args.findings.split(",") if f.strip()}
-        values["findings"] = tuple(f for f in PHANTOM_FINDINGS if f in chosen)
-        if len(values["findings"]) != len(chosen):
-            parser.error(f"--findings: choose from {', '.join(PHANTOM_FINDINGS)}")
-    s = Settings(**values)
-    cache = (args.cache or default_cache_dir() / "bench-learning").expanduser().absolute()
-    out = (args.out or Path(tempfile.mkdtemp(prefix="cxmind-bench-learning-"))).expanduser().absolute()
-    out.mkdir(parents=True, exist_ok=True)
-    say(f"settings: {s}")
-    say(f"cache {cache}; run folder {out}; torch threads {torch.get_num_threads()}")
 
     records, model = prepare(cache, s)
     test = load_records(records, "test", decode_images=False)

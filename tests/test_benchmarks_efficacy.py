@@ -53,6 +53,9 @@ def test_efficacy_benchmark_quick(tmp_path):
     }
     assert all(isinstance(v, bool) for v in summary["targets"].values())
     assert summary["pretraining_seconds"] > 0 and summary["measured_seconds"] > 0
+    # the pretrained model was asked the held-out questions in the instruction style it learnt
+    assert set(summary["pretraining_check"]) == {"disease_binary", "disease_single_choice", "disease_open"}
+    assert all(0 <= value <= 1 for value in summary["pretraining_check"].values())
     # every stage of both branches finished (pretraining in the cache, the rest in the run folder)
     stages = [(s["branch"], s["name"]) for s in summary["stages"]]
     assert stages == [
