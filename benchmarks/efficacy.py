@@ -26,15 +26,16 @@ steps of 16 completions (4 prompts x 4, lr 5e-5 constant, no KL), completions of
 Stage I (gold closed traces <= ~215 tokens) and 384 in Stage II and evaluation (gold open traces with
 six findings reach ~355 tokens; at 288 a tenth of them would be cut). The vision tower is trained in
 ``align`` and ``instruct`` only. Measured per-step times with one torch thread and a second run beside
-it: align 1.3 s, instruct 1.3 s, cold start 2.6 s, GRPO I ~7.5 s; so pretraining ~45 min and the
-measured part ~28 min (cold start ~15, GRPO 2 x ~5-6, four evaluations ~40 s each).
+it: align 1.3 s, instruct 1.3 s, cold start 2.6 s, GRPO I 6-9 s, GRPO II 6-11 s; so pretraining ~43
+min and the measured part 29-35 min (cold start ~15, GRPO ~13, four evaluations 15-80 s each).
 
 Why these figures (measured on seed 0, 2026-11-29): with 600 align + 500 instruct steps at lr 2e-3 the
 pretrained model answered the held-out instruction-style questions at binary 0.58, single choice 0.27,
 open F1 0.40 (chance: 0.50, 0.25; the issue's probe saw lr 2e-3 stall the same way and reached 0.78
 at lr 1e-3 with 1600 instruction steps); a 200-step cold start left the format unlearnt (0.54 and 0.00
 well-formed for seeds 0 and 1) and GRPO then collapsed it to short malformed guesses, while 400 steps
-from the same model reached format 1.000 (loss 0.19) and kept ~0.94 through GRPO I.
+from the same model reached format 1.000 (loss 0.19) and kept 0.94 through a 30-step GRPO I. The
+README's Benchmarks section has the figures of both seeds with these defaults.
 
 Every model is evaluated with :func:`cxmind.eval.run.evaluate` (greedy) on the held-out ``test``
 split's ``disease_binary``, ``disease_single_choice`` and ``disease_open`` records: the cold-start

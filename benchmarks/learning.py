@@ -131,8 +131,8 @@ def run_settings(
     """The command line every learning benchmark shares: (args, settings, cache, run folder).
 
     ``full``/``quick`` are the default and ``--quick`` settings (a frozen dataclass with ``findings``,
-    ``seed`` and numeric fields); every numeric field becomes a ``--flag``. Also quiets transformers,
-    datasets and warnings, and sets the torch thread count.
+    ``seed``, numeric and string fields); every numeric or string field becomes a ``--flag``. Also
+    quiets transformers, datasets and warnings, and sets the torch thread count.
     """
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: a new temporary one)")
