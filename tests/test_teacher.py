@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -152,6 +153,7 @@ class FakeTeacher:
             self.peak = max(self.peak, self.in_flight)
             steps = self.script.get(case, [self.default])
             action = steps.pop(0) if len(steps) > 1 else steps[0]
+        response: tuple[int, Any, dict[str, str] | None] | None = None
         try:
             if self.delay_s:
                 time.sleep(self.delay_s)
@@ -160,10 +162,10 @@ class FakeTeacher:
                 self.closing.wait(action[1])
                 return
             if kind == "status":
-                self.reply(handler, action[1], {"error": {"message": "busy"}}, action[2])
+                response = (action[1], {"error": {"message": "busy"}}, action[2])
             elif kind == "echo_auth":
                 message = f"Incorrect API key: {handler.headers.get('Authorization')}"
-                self.reply(handler, action[1], {"error": {"message": message}})
+                response = (action[1], {"error": {"message": message}}, None)
             else:
                 text = (
                     action[1]
@@ -181,12 +183,14 @@ class FakeTeacher:
                         }
                     ],
                 }
-                self.reply(handler, 200, completion)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (timeout): nothing to answer
+                response = (200, completion, None)
         finally:
+            # no longer in flight once the answer can reach the client: counting it until after the
+            # write lets the client's next request overlap this one on a loaded machine
             with self.lock:
                 self.in_flight -= 1
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
+            self.reply(handler, *response)
 
     @staticmethod
     def reply(
