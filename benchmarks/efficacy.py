@@ -105,8 +105,10 @@ from learning import (
     blank_copy,
     chance,
     evaluate_model,
+    phantom_records,
     run_settings,
     say,
+    world_name,
 )
 
 from cxmind.data.phantom import PHANTOM_FINDINGS
@@ -180,42 +182,11 @@ QUICK = Settings(
 
 def prepare(cache: Path, s: Settings) -> tuple[Path, Path]:
     """(record set, base model) under ``cache``, built on first use and reused afterwards."""
-    from cxmind.data.build import BuildConfig, SourceSpec, build
-    from cxmind.data.images import ImageBudget
-    from cxmind.data.phantom import write_phantom_dataset
-    from cxmind.data.records import META_FILE
-    from cxmind.data.tasks import TaskConfig
     from cxmind.testing import build_tiny_qwen25_vl
 
     model = build_tiny_qwen25_vl(cache / f"{s.model_size}-qwen2.5-vl", seed=0, size=s.model_size)
-    world = "all" if s.findings == PHANTOM_FINDINGS else "+".join(f.replace(" ", "") for f in s.findings)
-    name = f"{s.patients}p-{s.image_size}px-{world}-p{s.p_finding}-normal{s.p_normal}-seed{s.seed}"
-    phantom = cache / f"phantom-{name}"
-    if not (phantom / "phantom.csv").is_file():  # written last: its presence means a complete dataset
-        say(f"drawing phantoms: {s.patients} patients, {s.image_size}px, {len(s.findings)} findings")
-        write_phantom_dataset(
-            phantom,
-            n_patients=s.patients,
-            seed=s.seed,
-            size=s.image_size,
-            findings=s.findings,
-            p_finding=s.p_finding,
-            p_normal=s.p_normal,
-        )
-    records = cache / f"records-{name}-{s.max_pixels}px2-test{s.test_fraction}"
-    if not (records / META_FILE).is_file():
-        say(f"building records (patient-level splits {1 - s.test_fraction:g}/0/{s.test_fraction:g})")
-        task = TaskConfig(
-            tasks=EVAL_TASKS + ALIGN_TASKS, budget=ImageBudget(max_pixels=s.max_pixels), seed=s.seed
-        )
-        config = BuildConfig(
-            sources=[SourceSpec("phantom", phantom)],
-            out=records,
-            task=task,
-            split_fractions=(1 - s.test_fraction, 0.0, s.test_fraction),
-        )
-        build(config, progress=False)
-    return records, model
+    name = f"{s.patients}p-{s.image_size}px-{world_name(s)}-p{s.p_finding}-normal{s.p_normal}-seed{s.seed}"
+    return phantom_records(cache, name, s, EVAL_TASKS + ALIGN_TASKS, p_normal=s.p_normal), model
 
 
 # ------------------------------------------------------------------------------------------------
@@ -281,21 +252,19 @@ def pretrain_recipe(model: Path, records: Path, out: Path, s: Settings) -> dict[
 
 def grpo_stages(records: Path, s: Settings, prefix: str = "", **extra: Any) -> list[dict[str, Any]]:
     """GRPO Stage I (closed) -> Stage II (open); ``extra`` args go to both (e.g. the ablation's)."""
+    stages = (
+        ("grpo_closed", CLOSED_TASKS, s.grpo_closed_steps, s.max_completion),
+        ("grpo_open", OPEN_TASKS, s.grpo_open_steps, s.max_completion_open),
+    )
     return [
         {
-            "name": f"{prefix}grpo_closed",
+            "name": f"{prefix}{name}",
             "type": "grpo",
             "freeze_vision_tower": bool(s.freeze_after_pretraining),
-            "data": [{"path": str(records), "tasks": list(CLOSED_TASKS)}],
-            "args": _grpo(s.grpo_closed_steps, s, s.max_completion, **extra),
-        },
-        {
-            "name": f"{prefix}grpo_open",
-            "type": "grpo",
-            "freeze_vision_tower": bool(s.freeze_after_pretraining),
-            "data": [{"path": str(records), "tasks": list(OPEN_TASKS)}],
-            "args": _grpo(s.grpo_open_steps, s, s.max_completion_open, **extra),
-        },
+            "data": [{"path": str(records), "tasks": list(tasks)}],
+            "args": _grpo(steps, s, max_completion, **extra),
+        }
+        for name, tasks, steps, max_completion in stages
     ]
 
 

@@ -224,23 +224,23 @@ QUICK = Settings(patients=40, test_fraction=0.3, align_steps=20, sft_steps=20, g
 # ------------------------------------------------------------------------------------------------
 
 
-def prepare(cache: Path, s: Settings) -> tuple[Path, Path]:
-    """(record set, base model) under ``cache``, built on first use and reused afterwards."""
+def world_name(s: Any) -> str:
+    """The phantom label space as it appears in cache folder names."""
+    return "all" if s.findings == PHANTOM_FINDINGS else "+".join(f.replace(" ", "") for f in s.findings)
+
+
+def phantom_records(cache: Path, name: str, s: Any, tasks: tuple[str, ...], p_normal: float) -> Path:
+    """Phantom studies and a record set of ``tasks`` over them (patient-level splits
+    ``1 - s.test_fraction``/0/``s.test_fraction``), under ``cache``; each is built on first use only."""
     from cxmind.data.build import BuildConfig, SourceSpec, build
     from cxmind.data.images import ImageBudget
     from cxmind.data.phantom import write_phantom_dataset
     from cxmind.data.records import META_FILE
     from cxmind.data.tasks import TaskConfig
-    from cxmind.testing import build_tiny_qwen25_vl
 
-    model = build_tiny_qwen25_vl(cache / "tiny-qwen2.5-vl", seed=0)
-    if (s.text_layers, s.text_heads) != (2, 2):
-        model = widen(model, cache / f"tiny-qwen2.5-vl-L{s.text_layers}H{s.text_heads}", s)
-    world = "all" if s.findings == PHANTOM_FINDINGS else "+".join(f.replace(" ", "") for f in s.findings)
-    name = f"{s.patients}p-{s.image_size}px-{world}-p{s.p_finding}-normal0-seed{s.seed}"
     phantom = cache / f"phantom-{name}"
     if not (phantom / "phantom.csv").is_file():  # written last: its presence means a complete dataset
-        say(f"drawing phantom chest X-rays: {s.patients} patients, {s.image_size}px")
+        say(f"drawing phantoms: {s.patients} patients, {s.image_size}px, {len(s.findings)} findings")
         write_phantom_dataset(
             phantom,
             n_patients=s.patients,
@@ -248,22 +248,30 @@ def prepare(cache: Path, s: Settings) -> tuple[Path, Path]:
             size=s.image_size,
             findings=s.findings,
             p_finding=s.p_finding,
-            p_normal=0.0,
+            p_normal=p_normal,
         )
     records = cache / f"records-{name}-{s.max_pixels}px2-test{s.test_fraction}"
     if not (records / META_FILE).is_file():
         say(f"building records (patient-level splits {1 - s.test_fraction:g}/0/{s.test_fraction:g})")
-        task = TaskConfig(
-            tasks=EVAL_TASKS + ALIGN_TASKS, budget=ImageBudget(max_pixels=s.max_pixels), seed=s.seed
-        )
         config = BuildConfig(
             sources=[SourceSpec("phantom", phantom)],
             out=records,
-            task=task,
+            task=TaskConfig(tasks=tasks, budget=ImageBudget(max_pixels=s.max_pixels), seed=s.seed),
             split_fractions=(1 - s.test_fraction, 0.0, s.test_fraction),
         )
         build(config, progress=False)
-    return records, model
+    return records
+
+
+def prepare(cache: Path, s: Settings) -> tuple[Path, Path]:
+    """(record set, base model) under ``cache``, built on first use and reused afterwards."""
+    from cxmind.testing import build_tiny_qwen25_vl
+
+    model = build_tiny_qwen25_vl(cache / "tiny-qwen2.5-vl", seed=0)
+    if (s.text_layers, s.text_heads) != (2, 2):
+        model = widen(model, cache / f"tiny-qwen2.5-vl-L{s.text_layers}H{s.text_heads}", s)
+    name = f"{s.patients}p-{s.image_size}px-{world_name(s)}-p{s.p_finding}-normal0-seed{s.seed}"
+    return phantom_records(cache, name, s, EVAL_TASKS + ALIGN_TASKS, p_normal=0.0), model
 
 
 def widen(base: Path, target: Path, s: Settings) -> Path:
