@@ -98,16 +98,18 @@ from typing import Any
 
 import yaml
 from learning import (
-    _CPU,
     _STARTED,
     Progress,
     _quiet_trainer_logs,
     blank_copy,
     chance,
     evaluate_model,
+    grpo_args,
     phantom_records,
+    recipe_dict,
     run_settings,
     say,
+    sft_args,
     world_name,
 )
 
@@ -194,60 +196,29 @@ def prepare(cache: Path, s: Settings) -> tuple[Path, Path]:
 # ------------------------------------------------------------------------------------------------
 
 
-def _sft(steps: int, batch: int, lr: float) -> dict[str, Any]:
-    return {
-        **_CPU,
-        "per_device_train_batch_size": batch,
-        "max_steps": steps,
-        "learning_rate": lr,
-        "lr_scheduler_type": "cosine",
-        "warmup_steps": 0.05,
-        "logging_steps": max(1, steps // 8),
-        "save_strategy": "no",
-    }
-
-
-def _grpo(steps: int, s: Settings, max_completion: int, **extra: Any) -> dict[str, Any]:
-    return {
-        **_CPU,
-        "per_device_train_batch_size": s.grpo_batch,
-        "num_generations": s.grpo_generations,
-        "max_completion_length": max_completion,
-        "max_steps": steps,
-        "learning_rate": s.grpo_lr,
-        "lr_scheduler_type": "constant",
-        "beta": 0.0,
-        "temperature": 1.0,
-        "logging_steps": max(1, steps // 6),
-        "save_strategy": "no",
-        **extra,
-    }
-
-
 def pretrain_recipe(model: Path, records: Path, out: Path, s: Settings) -> dict[str, Any]:
     """align -> instruct (the stages before the cold start; cached)."""
     align = {"path": str(records), "tasks": list(ALIGN_TASKS)}
     instruct = {"path": str(records), "tasks": list(EVAL_TASKS), "style": "instruction"}
-    return {
-        "model": str(model),
-        "output_dir": str(out),
-        "seed": s.seed,
-        "max_pixels": s.max_pixels,
-        "stages": [
+    return recipe_dict(
+        model,
+        out,
+        s,
+        [
             {
                 "name": "align",
                 "type": "sft",
                 "data": [align],
-                "args": _sft(s.align_steps, s.align_batch, s.align_lr),
+                "args": sft_args(s.align_steps, s.align_batch, s.align_lr),
             },
             {
                 "name": "instruct",
                 "type": "sft",
                 "data": [instruct, align],
-                "args": _sft(s.instruct_steps, s.instruct_batch, s.instruct_lr),
+                "args": sft_args(s.instruct_steps, s.instruct_batch, s.instruct_lr),
             },
         ],
-    }
+    )
 
 
 def grpo_stages(records: Path, s: Settings, prefix: str = "", **extra: Any) -> list[dict[str, Any]]:
@@ -262,7 +233,7 @@ def grpo_stages(records: Path, s: Settings, prefix: str = "", **extra: Any) -> l
             "type": "grpo",
             "freeze_vision_tower": bool(s.freeze_after_pretraining),
             "data": [{"path": str(records), "tasks": list(tasks)}],
-            "args": _grpo(steps, s, max_completion, **extra),
+            "args": grpo_args(steps, s, max_completion, **extra),
         }
         for name, tasks, steps, max_completion in stages
     ]
@@ -270,33 +241,26 @@ def grpo_stages(records: Path, s: Settings, prefix: str = "", **extra: Any) -> l
 
 def main_recipe(model: str, records: Path, out: Path, s: Settings) -> dict[str, Any]:
     """cold start -> GRPO I -> GRPO II with CuRL-VPR rewards (defaults: all four, gate on)."""
-    return {
-        "model": model,
-        "output_dir": str(out),
-        "seed": s.seed,
-        "max_pixels": s.max_pixels,
-        "stages": [
+    return recipe_dict(
+        model,
+        out,
+        s,
+        [
             {
                 "name": "cold_start",
                 "type": "sft",
                 "freeze_vision_tower": bool(s.freeze_after_pretraining),
                 "data": [{"path": str(records), "tasks": list(EVAL_TASKS)}],
-                "args": _sft(s.cold_start_steps, s.cold_start_batch, s.cold_start_lr),
+                "args": sft_args(s.cold_start_steps, s.cold_start_batch, s.cold_start_lr),
             },
             *grpo_stages(records, s),
         ],
-    }
+    )
 
 
 def outcome_recipe(cold_start: str, records: Path, out: Path, s: Settings) -> dict[str, Any]:
     """The ablation: the same GRPO I -> II from the same cold-start model, format + outcome only."""
-    return {
-        "model": cold_start,
-        "output_dir": str(out),
-        "seed": s.seed,
-        "max_pixels": s.max_pixels,
-        "stages": grpo_stages(records, s, prefix="outcome_", **OUTCOME_ONLY),
-    }
+    return recipe_dict(cold_start, out, s, grpo_stages(records, s, prefix="outcome_", **OUTCOME_ONLY))
 
 
 def run_recipe(raw: dict[str, Any], path: Path, progress: Progress, start: Any = None) -> list[Any]:

@@ -351,63 +351,81 @@ def chance(evaluated: Dataset) -> float:
 # ------------------------------------------------------------------------------------------------
 
 
-def recipe(model: Path, records: Path, out: Path, s: Settings) -> dict[str, Any]:
-    """align -> SFT -> GRPO Stage I (closed), as a recipe dict (``cxmind train`` reads it as YAML too)."""
-    closed = {"path": str(records), "tasks": list(EVAL_TASKS)}
-    align = {"path": str(records), "tasks": list(ALIGN_TASKS)}
+def sft_args(steps: int, batch: int, lr: float) -> dict[str, Any]:
+    """SFT arguments of a benchmark stage: CPU, cosine schedule with 5% warm-up, no checkpoints."""
+    return {
+        **_CPU,
+        "per_device_train_batch_size": batch,
+        "max_steps": steps,
+        "learning_rate": lr,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0.05,
+        "logging_steps": max(1, steps // 8),
+        "save_strategy": "no",
+    }
 
-    def sft(steps: int, batch: int, lr: float) -> dict[str, Any]:
-        return {
-            **_CPU,
-            "per_device_train_batch_size": batch,
-            "max_steps": steps,
-            "learning_rate": lr,
-            "lr_scheduler_type": "cosine",
-            "warmup_steps": 0.05,
-            "logging_steps": max(1, steps // 8),
-            "save_strategy": "no",
-        }
 
+def grpo_args(steps: int, s: Any, max_completion: int, **extra: Any) -> dict[str, Any]:
+    """GRPO arguments of a benchmark stage: CPU, constant lr, no KL, sampling at temperature 1."""
+    return {
+        **_CPU,
+        "per_device_train_batch_size": s.grpo_batch,
+        "num_generations": s.grpo_generations,
+        "max_completion_length": max_completion,
+        "max_steps": steps,
+        "learning_rate": s.grpo_lr,
+        "lr_scheduler_type": "constant",
+        "beta": 0.0,
+        "temperature": 1.0,
+        "logging_steps": max(1, steps // 6),
+        "save_strategy": "no",
+        **extra,
+    }
+
+
+def recipe_dict(model: Path | str, out: Path, s: Any, stages: list[dict[str, Any]]) -> dict[str, Any]:
+    """A recipe as ``cxmind train`` reads it (YAML), from ``model`` into ``out`` with the run's seed."""
     return {
         "model": str(model),
         "output_dir": str(out),
         "seed": s.seed,
         "max_pixels": s.max_pixels,
-        "stages": [
+        "stages": stages,
+    }
+
+
+def recipe(model: Path, records: Path, out: Path, s: Settings) -> dict[str, Any]:
+    """align -> SFT -> GRPO Stage I (closed), as a recipe dict (``cxmind train`` reads it as YAML too)."""
+    closed = {"path": str(records), "tasks": list(EVAL_TASKS)}
+    align = {"path": str(records), "tasks": list(ALIGN_TASKS)}
+
+    return recipe_dict(
+        model,
+        out,
+        s,
+        [
             {
                 "name": "align",
                 "type": "sft",
                 "data": [align],
-                "args": sft(s.align_steps, s.align_batch, s.align_lr),
+                "args": sft_args(s.align_steps, s.align_batch, s.align_lr),
             },
             {
                 "name": "sft",
                 "type": "sft",
                 "freeze_vision_tower": bool(s.freeze_after_align),
                 "data": [closed, align],
-                "args": sft(s.sft_steps, s.sft_batch, s.sft_lr),
+                "args": sft_args(s.sft_steps, s.sft_batch, s.sft_lr),
             },
             {
                 "name": "grpo_closed",
                 "type": "grpo",
                 "freeze_vision_tower": bool(s.freeze_after_align),
                 "data": [closed],
-                "args": {
-                    **_CPU,
-                    "per_device_train_batch_size": s.grpo_batch,
-                    "num_generations": s.grpo_generations,
-                    "max_completion_length": s.max_completion,
-                    "max_steps": s.grpo_steps,
-                    "learning_rate": s.grpo_lr,
-                    "lr_scheduler_type": "constant",
-                    "beta": 0.0,
-                    "temperature": 1.0,
-                    "logging_steps": max(1, s.grpo_steps // 6),
-                    "save_strategy": "no",
-                },
+                "args": grpo_args(s.grpo_steps, s, s.max_completion),
             },
         ],
-    }
+    )
 
 
 class Progress(TrainerCallback):
