@@ -398,7 +398,6 @@ def recipe(model: Path, records: Path, out: Path, s: Settings) -> dict[str, Any]
     """align -> SFT -> GRPO Stage I (closed), as a recipe dict (``cxmind train`` reads it as YAML too)."""
     closed = {"path": str(records), "tasks": list(EVAL_TASKS)}
     align = {"path": str(records), "tasks": list(ALIGN_TASKS)}
-
     return recipe_dict(
         model,
         out,
