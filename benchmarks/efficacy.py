@@ -46,7 +46,10 @@ copied with every evaluated image one constant grey, see :func:`learning.blank_c
 Before the measured part, the pretrained ``instruct`` model is asked the same held-out questions in
 the short instruction style it learnt (``pretraining_check`` in ``efficacy.json``: binary and single
 choice accuracy, open F1; see :func:`instruction_check`), which tells whether the binding of the asked
-finding to the image exists before the cold start.
+finding to the image exists before the cold start. After the measured part, :func:`reading_check`
+(``reading_check`` in ``efficacy.json``) asks of the pretrained and the cold-start model whether they
+read the question at all: how much the gold answer's likelihood drops when the question, or the
+image, is swapped for another record's.
 
 Figures (the last line, 3 decimals each):
 ``closed_acc: a, open_f1_sft: s, open_f1: o, blank_acc: c, blank_f1: bf, chance: h, const_f1: k,
@@ -376,6 +379,81 @@ def instruction_check(model: str, records: Path, rows: list[dict[str, Any]], s: 
     return {task: sum(v) / len(v) for task, v in scores.items() if v}
 
 
+def reading_check(
+    model: str, records: Path, rows: list[dict[str, Any]], s: Settings, style: str, per_task: int = 40
+) -> dict[str, dict[str, float]]:
+    """Does ``model`` read the question and look at the image? Per task, the mean negative
+    log-likelihood (nats) of each record's gold answer given its own question and image, and how much
+    it rises when the question is swapped for another record's question of the same task (image
+    kept), or the image for another study's (question kept). A model that ignores the question shows
+    a rise near 0 even where the gold answer depends on it (the option texts a trace repeats, the
+    asked finding). ``style``: ``"trace"`` (the format-instructed prompt, gold ``solution``) or
+    ``"instruction"`` (:func:`cxmind.training.data.instruction_turns`). At most ``per_task`` records
+    per task, the others drawn with the run's seed."""
+    import random
+
+    import torch
+
+    from cxmind.data.images import ImageBudget, load_image
+    from cxmind.data.prompts import prompt_messages
+    from cxmind.data.records import image_roots
+    from cxmind.eval.generate import GenerationConfig, HFBackend
+    from cxmind.training.data import instruction_turns
+
+    budget = ImageBudget(max_pixels=s.max_pixels)
+    backend, roots = HFBackend(model, None, GenerationConfig(budget=budget)), image_roots(records)
+    processor, net = backend.processor, backend.model
+
+    def turns(record: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+        if style == "instruction":
+            return instruction_turns(record)
+        return prompt_messages(record), str(record["solution"])
+
+    def nll(asked: dict[str, Any], shown: dict[str, Any], answer: str) -> float:
+        prompt = turns(asked)[0]
+        reply = [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+        images = [load_image(roots[shown["source"]], rel, budget) for rel in shown["images"]]
+        start = processor(
+            text=[processor.apply_chat_template(prompt, add_generation_prompt=True)],
+            images=images,
+            return_tensors="pt",
+        )["input_ids"].shape[1]
+        full = processor(
+            text=[processor.apply_chat_template(prompt + reply)], images=images, return_tensors="pt"
+        )
+        with torch.no_grad():
+            logits = net(**full).logits[0, start - 1 : -1].float()
+        target = full["input_ids"][0, start:]
+        return -torch.log_softmax(logits, -1).gather(1, target[:, None]).sum().item()
+
+    rng = random.Random(s.seed)
+    out: dict[str, dict[str, float]] = {}
+    for task in sorted({r["task"] for r in rows}):
+        group = [r for r in rows if r["task"] == task]
+        own, question_rise, image_rise = [], [], []
+        for record in rng.sample(group, min(per_task, len(group))):
+            answer = turns(record)[1]
+            base = nll(record, record, answer)
+            own.append(base)
+            asked = [r for r in group if turns(r)[0] != turns(record)[0]]
+            if asked:
+                question_rise.append(nll(rng.choice(asked), record, answer) - base)
+            shown = [r for r in group if r["study_id"] != record["study_id"]]
+            if shown:
+                image_rise.append(nll(record, rng.choice(shown), answer) - base)
+        out[task] = {
+            "records": len(own),
+            "nll": _mean(own),
+            "question_swapped": _mean(question_rise),
+            "image_swapped": _mean(image_rise),
+        }
+    return out
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 3) if values else None  # None: nothing to swap in
+
+
 def table(name: str, fig: dict[str, float]) -> str:
     return (
         f"  {name:<12} closed acc {fig['closed_acc']:.3f}  open F1 {fig['open_f1']:.3f}  "
@@ -480,6 +558,17 @@ def main(argv: list[str] | None = None) -> None:
     const = constant_f1(test_open, s)
     measured = time.monotonic() - measured_begin
 
+    # -- diagnostics outside the measured part: do the models read the question? ----------------
+    reading = {
+        "pretrained": reading_check(instruct_model, records, check_rows, s, "instruction"),
+        "cold_start": reading_check(models["cold_start"], records, check_rows, s, "trace"),
+    }
+    for name, by_task in reading.items():
+        say(
+            f"reading check, {name} (gold-answer NLL rise in nats, question swapped / image swapped): "
+            + ", ".join(f"{t} {v['question_swapped']} / {v['image_swapped']}" for t, v in by_task.items())
+        )
+
     fig = {name: figures(results) for name, results in scores.items()}
     print("held-out test split:", flush=True)
     for name, values_ in fig.items():
@@ -541,6 +630,7 @@ def main(argv: list[str] | None = None) -> None:
         "stages": stages,
         "eval_seconds": eval_seconds,
         "pretraining_check": pre_check,
+        "reading_check": reading,
         "pretraining_seconds": pre_seconds,
         "pretraining_reused": pre_reused,
         "pretraining_dir": str(pre_dir),

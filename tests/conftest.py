@@ -33,3 +33,23 @@ def phantom_records(tmp_path_factory: pytest.TempPathFactory) -> Path:
     task = TaskConfig(budget=ImageBudget(max_pixels=224 * 224), seed=0)
     build(BuildConfig(sources=[SourceSpec("phantom", root)], out=out, task=task), progress=False)
     return out
+
+
+@pytest.fixture
+def assert_train_has_nothing_left():
+    """Check that ``cxmind train RECIPE`` reads a written recipe as is and skips all its finished stages."""
+    import subprocess
+    import sys
+
+    def check(recipe: Path, stages: int) -> None:
+        train = subprocess.run(
+            [sys.executable, "-m", "cxmind", "train", str(recipe)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert train.returncode == 0, train.stderr[-3000:]
+        assert train.stdout.count("skipped (finished earlier)") == stages, train.stdout[-2000:]
+
+    return check
