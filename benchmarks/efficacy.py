@@ -454,6 +454,27 @@ def _mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 3) if values else None  # None: nothing to swap in
 
 
+def measured_timings(
+    out: Path, results: list[Any], progress: Progress, evaluations: dict[str, float]
+) -> dict[str, Any]:
+    """Seconds of every measured stage and evaluation: this run's where it ran them, else those of
+    the run that did (kept in ``<out>/measured_seconds.json``), so a rerun that reuses finished
+    stages reports the measured time they took, not the seconds it spent finding them. A stage
+    finished before that file existed counts its trainer's ``train_runtime``."""
+    path = out / "measured_seconds.json"
+    kept = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    stages = dict(kept.get("stages", {}))
+    for r in results:
+        if not r.skipped:
+            stages[r.name] = progress.seconds[r.name]
+        elif r.name not in stages:
+            info = json.loads((Path(r.output_dir) / "cxmind_stage.json").read_text(encoding="utf-8"))
+            stages[r.name] = float(info["metrics"]["train_runtime"])
+    timings = {"stages": stages, "evaluations": {**kept.get("evaluations", {}), **evaluations}}
+    path.write_text(json.dumps(timings, indent=2) + "\n", encoding="utf-8")
+    return timings
+
+
 def table(name: str, fig: dict[str, float]) -> str:
     return (
         f"  {name:<12} closed acc {fig['closed_acc']:.3f}  open F1 {fig['open_f1']:.3f}  "
@@ -543,20 +564,27 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(out / "eval" / name)
     scores: dict[str, dict[str, Any]] = {}
     eval_seconds: dict[str, float] = {}
-    for name, path in models.items():
-        begin = time.monotonic()
-        scores[name] = evaluate_model(path, records, out / "eval" / name, generation, tasks)
-        eval_seconds[name] = time.monotonic() - begin
-        say(f"evaluated {name} on {n_eval} held-out records in {eval_seconds[name]:.0f}s")
     blank, grey = blank_copy(records, out, evaluated)
-    begin = time.monotonic()
-    scores["blank"] = evaluate_model(models["curl"], blank, out / "eval" / "blank", generation, tasks)
-    eval_seconds["blank"] = time.monotonic() - begin
-    say(f"evaluated the final model on blank images (grey level {grey}) in {eval_seconds['blank']:.0f}s")
+    say(f"blank control: the final model on the test images painted grey (level {grey})")
+    evaluations = {name: (path, records) for name, path in models.items()}
+    evaluations["blank"] = (models["curl"], blank)
+    for name, (path, data) in evaluations.items():
+        begin, fresh = time.monotonic(), not (out / "eval" / name).is_dir()
+        scores[name] = evaluate_model(path, data, out / "eval" / name, generation, tasks)
+        if fresh:
+            eval_seconds[name] = time.monotonic() - begin
+        say(f"evaluated {name} on {n_eval} held-out records in {time.monotonic() - begin:.0f}s")
 
     test_open = [dict(r) for r in evaluated if r["task"] in OPEN_TASKS]
     const = constant_f1(test_open, s)
-    measured = time.monotonic() - measured_begin
+    timings = measured_timings(out, [*main_results, *outcome_results], progress, eval_seconds)
+    reused = [r for r in (*main_results, *outcome_results) if r.skipped]
+    measured = (
+        time.monotonic()
+        - measured_begin
+        + sum(timings["stages"][r.name] for r in reused)
+        + sum(v for k, v in timings["evaluations"].items() if k not in eval_seconds)
+    )
 
     # -- diagnostics outside the measured part: do the models read the question? ----------------
     reading = {
@@ -594,7 +622,7 @@ def main(argv: list[str] | None = None) -> None:
             "branch": branch,
             "model": r.model,
             "reused": r.skipped,
-            "seconds": progress.seconds.get(r.name),
+            "seconds": progress.seconds.get(r.name) or timings["stages"].get(r.name),
         }
         for branch, results in (
             ("pretrain", pre_results),
@@ -628,7 +656,7 @@ def main(argv: list[str] | None = None) -> None:
         "constant_answers": const,
         "blank_grey_level": grey,
         "stages": stages,
-        "eval_seconds": eval_seconds,
+        "eval_seconds": timings["evaluations"],
         "pretraining_check": pre_check,
         "reading_check": reading,
         "pretraining_seconds": pre_seconds,
@@ -641,7 +669,7 @@ def main(argv: list[str] | None = None) -> None:
     (out / "efficacy.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print()
     print(f"results: {out / 'efficacy.json'}; evaluations: {out / 'eval'}")
-    print("stage seconds: " + ", ".join(f"{k_} {v:.0f}" for k_, v in progress.seconds.items()))
+    print("stage seconds: " + ", ".join(f"{k_} {v:.0f}" for k_, v in timings["stages"].items()))
     print(
         f"pretraining: {pre_seconds:.0f}s{' (cached)' if pre_reused else ''}; measured part: {measured:.0f}s"
     )

@@ -102,6 +102,11 @@ def test_efficacy_benchmark_quick(tmp_path, assert_train_has_nothing_left):
     again = json.loads((out / "efficacy.json").read_text())
     assert all(stage["reused"] for stage in again["stages"]) and again["pretraining_reused"]
     assert again["pretraining_seconds"] == summary["pretraining_seconds"]
+    # ... and reports the measured seconds of the run that trained and evaluated, not its own
+    measured = [(s["name"], s["seconds"]) for s in summary["stages"] if s["branch"] != "pretrain"]
+    assert [(s["name"], s["seconds"]) for s in again["stages"] if s["branch"] != "pretrain"] == measured
+    assert again["eval_seconds"] == summary["eval_seconds"] and len(summary["eval_seconds"]) == 4
+    assert again["measured_seconds"] >= sum(seconds for _, seconds in measured)
     assert rerun.stdout.strip().splitlines()[-1] == result.stdout.strip().splitlines()[-1]
     # `cxmind train` reads the written main recipe as is and finds nothing left to do
     assert_train_has_nothing_left(out / "recipe.yaml", stages=3)
