@@ -381,7 +381,7 @@ def instruction_check(model: str, records: Path, rows: list[dict[str, Any]], s: 
 
 def reading_check(
     model: str, records: Path, rows: list[dict[str, Any]], s: Settings, style: str, per_task: int = 40
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, float | int | None]]:
     """Does ``model`` read the question and look at the image? Per task, the mean negative
     log-likelihood (nats) of each record's gold answer given its own question and image, and how much
     it rises when the question is swapped for another record's question of the same task (image
@@ -427,7 +427,7 @@ def reading_check(
         return -torch.log_softmax(logits, -1).gather(1, target[:, None]).sum().item()
 
     rng = random.Random(s.seed)
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, float | int | None]] = {}
     for task in sorted({r["task"] for r in rows}):
         group = [r for r in rows if r["task"] == task]
         own, question_rise, image_rise = [], [], []
