@@ -345,7 +345,7 @@ def instruction_check(model: str, records: Path, rows: list[dict[str, Any]], s: 
     from cxmind.data.images import ImageBudget, load_image
     from cxmind.data.records import image_roots
     from cxmind.eval.generate import GenerationConfig, HFBackend
-    from cxmind.eval.metrics import finding_set
+    from cxmind.eval.metrics import finding_set, set_prf
     from cxmind.format import option_letter, option_letters
     from cxmind.training.data import instruction_turns
 
@@ -366,9 +366,7 @@ def instruction_check(model: str, records: Path, rows: list[dict[str, Any]], s: 
         for r, (text, _) in zip(batch, backend.generate(prompts), strict=True):
             gold = instruction_turns(r)[1]
             if r["task"] in OPEN_TASKS:
-                predicted, expected = finding_set(text), finding_set(gold)
-                hits = len(predicted & expected)
-                score = 2 * hits / (len(predicted) + len(expected)) if predicted or expected else 0.0
+                score = set_prf(finding_set(text), finding_set(gold))[2]
             elif gold.lower() in ("yes", "no"):
                 words = text.strip().lower().split()
                 score = float(bool(words) and words[0].strip(".,") == gold.lower())

@@ -96,6 +96,7 @@ __all__ = [
     "report_metrics",
     "rouge_l",
     "round_verdicts",
+    "set_prf",
     "wilson_ci",
 ]
 
@@ -364,7 +365,7 @@ def _closed(row: Row) -> dict[str, float]:
     return out | _common(row, parsed, "closed")
 
 
-def _set_prf(pred: set[str], gold: set[str]) -> tuple[float, float, float]:
+def set_prf(pred: set[str], gold: set[str]) -> tuple[float, float, float]:
     """Set precision/recall/F1; an empty prediction scores 0 on all three."""
     hits = len(pred & gold)
     precision = hits / len(pred) if pred else 0.0
@@ -375,7 +376,7 @@ def _set_prf(pred: set[str], gold: set[str]) -> tuple[float, float, float]:
 
 def _open(row: Row) -> dict[str, float]:
     parsed = parse(prediction_text(row))
-    precision, recall, f1 = _set_prf(set(final_findings(row)), set(gold_findings(row)))
+    precision, recall, f1 = set_prf(set(final_findings(row)), set(gold_findings(row)))
     out = {"precision": precision, "recall": recall, "f1": f1}
     return out | _common(row, parsed, "open")
 
@@ -1097,7 +1098,7 @@ def aggregate(
         opened = [rows[i] for i in indices if types[i] == "open"]
         if opened:
             majority = _majority_answer(opened)
-            prf = np.array([_set_prf(set(majority), set(gold_findings(row))) for row in opened])
+            prf = np.array([set_prf(set(majority), set(gold_findings(row))) for row in opened])
             answer = ", ".join(sorted(majority))
             for name, value in zip(("precision", "recall", "f1"), prf.mean(axis=0), strict=True):
                 out[name] = _fixed(value, len(opened), "majority_answer", answer=answer)
