@@ -428,12 +428,14 @@ def reading_check(
     out: dict[str, dict[str, float | int | None]] = {}
     for task in sorted({r["task"] for r in rows}):
         group = [r for r in rows if r["task"] == task]
+        prompts = [turns(r)[0] for r in group]  # built once: each sampled record compares against all
         own, question_rise, image_rise = [], [], []
-        for record in rng.sample(group, min(per_task, len(group))):
+        for index in rng.sample(range(len(group)), min(per_task, len(group))):
+            record = group[index]
             answer = turns(record)[1]
             base = nll(record, record, answer)
             own.append(base)
-            asked = [r for r in group if turns(r)[0] != turns(record)[0]]
+            asked = [r for r, prompt in zip(group, prompts, strict=True) if prompt != prompts[index]]
             if asked:
                 question_rise.append(nll(rng.choice(asked), record, answer) - base)
             shown = [r for r in group if r["study_id"] != record["study_id"]]
